@@ -1,0 +1,5 @@
+import sys
+
+from tah.cli import main
+
+sys.exit(main())
