@@ -1,0 +1,181 @@
+"""Saving and loading TaH checkpoints.
+
+Directory layout (the published one of METHOD.md appendix K, plus safetensors deciders)::
+
+    config.json, model.safetensors, generation_config.json   the base model, plain HF layout
+    tokenizer files                                           when the model has a tokenizer
+    lora/                                                     PEFT adapter directory
+    decider.safetensors                                       MLP decider weights (ours)
+    iter_decider.bin                                          published decider (read only)
+    tah_config.json                                           TaHConfig (ours or published keys)
+
+Writes go to a temporary directory renamed into place. The published ``iter_decider.bin`` is a
+pickle; it is read with ``torch.load(weights_only=True)`` only, so no pickled code ever runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tah.config import TaHConfig
+from tah.errors import CheckpointError
+from tah.io import atomic_dir
+
+if TYPE_CHECKING:
+    from tah.model.wrapper import TaHForCausalLM
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "tah_config.json"
+DECIDER_NAME = "decider.safetensors"
+PUBLISHED_DECIDER_NAME = "iter_decider.bin"
+LORA_DIR = "lora"
+
+
+def clean_base_state_dict(model: TaHForCausalLM) -> dict[str, torch.Tensor]:
+    """The base model's weights under their plain HF names (no LoRA, no peft prefixes)."""
+    state = {}
+    for name, tensor in model.base_model.state_dict().items():
+        if "lora_" in name:
+            continue
+        state[name.replace(".base_layer.", ".")] = tensor
+    return state
+
+
+def save_pretrained(model: TaHForCausalLM, path: str | os.PathLike) -> None:
+    base = model.base_model
+    with atomic_dir(path) as tmp:
+        implementation = base.config._attn_implementation
+        # The saved config must load without tah installed: record the standard attention.
+        base.config._attn_implementation = "sdpa"
+        try:
+            base.save_pretrained(tmp, state_dict=clean_base_state_dict(model))
+        finally:
+            base.config._attn_implementation = implementation
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+        if model.lora is not None:
+            model.backbone.save_pretrained(tmp / LORA_DIR)
+        decider_state = model.decider.state_dict()
+        if decider_state:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in decider_state.items()},
+                str(tmp / DECIDER_NAME),
+            )
+        model.config.save(tmp / CONFIG_NAME)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A local directory, or a hub id resolved through the local Hugging Face cache / hub."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise CheckpointError(f"{local} is a file, not a checkpoint directory")
+    text = str(path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"no checkpoint directory at {text}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text))
+    except Exception as exc:  # offline, unknown repo, auth: all mean "not available here"
+        raise CheckpointError(
+            f"{text} is neither a local directory nor a downloadable hub model ({type(exc).__name__}: "
+            f"{exc}); pass a local checkpoint path"
+        ) from None
+
+
+def _load_published_decider(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds objects that cannot be loaded safely (weights_only=True refused: "
+            f"{exc}); refusing to execute pickled code"
+        ) from None
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a TaH decider file (expected a dict with 'state_dict')")
+    if payload.get("class") not in (None, "MLPIterDecider"):
+        raise CheckpointError(f"{path} holds decider class {payload.get('class')!r}, not an MLP decider")
+    return payload["state_dict"]
+
+
+def load_pretrained(
+    cls: type[TaHForCausalLM],
+    path: str | os.PathLike,
+    threshold: float | None = None,
+    decider: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    **overrides: Any,
+) -> TaHForCausalLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tah.model.adapters import add_lora, load_lora, lora_settings
+
+    root = resolve_checkpoint(path)
+    config_path = root / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{root} has no {CONFIG_NAME}: it is not a TaH checkpoint (wrap a plain model with "
+            "TaHForCausalLM.from_base instead)"
+        )
+    saved = TaHConfig.load(config_path)
+    config = TaHConfig.load(config_path, threshold=threshold, decider=decider, **overrides)
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{root} has no config.json for the base model")
+    if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
+        raise CheckpointError(f"{root} has no base model weights (model.safetensors)")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
+    tokenizer = None
+    if (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(root)
+
+    backbone = base
+    if config.adapter == "lora" and config.max_iter > 1:
+        if (root / LORA_DIR).is_dir():
+            backbone = load_lora(base, root / LORA_DIR)
+            config = config.replace(**lora_settings(backbone))
+        elif saved.adapter == "lora" and saved.max_iter > 1:
+            raise CheckpointError(f"{root} has no {LORA_DIR}/ adapter directory but its config needs one")
+        else:
+            backbone = add_lora(base, config)
+    model = cls(backbone, config, tokenizer)
+    model._attach_lora()
+
+    state = model.decider.state_dict()
+    if state:
+        if (root / DECIDER_NAME).is_file():
+            weights = load_file(str(root / DECIDER_NAME))
+        elif (root / PUBLISHED_DECIDER_NAME).is_file():
+            weights = _load_published_decider(root / PUBLISHED_DECIDER_NAME)
+        elif saved.decider == config.decider:
+            raise CheckpointError(f"{root} has no decider weights ({DECIDER_NAME})")
+        else:
+            weights = None  # a new decider for this checkpoint (e.g. stage 2 after stage 1)
+            logger.info("decider %r starts from fresh weights", config.decider)
+        if weights is not None:
+            weights.setdefault("threshold", state["threshold"])
+            try:
+                model.decider.load_state_dict(weights, strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"decider weights in {root} do not fit the config: {exc}") from None
+        model.set_threshold(config.threshold)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if device is not None:
+        model.to(device)
+    return model
