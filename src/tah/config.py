@@ -81,7 +81,9 @@ class TaHConfig:
         if self.decider_topk < 1:
             raise ConfigError(f"decider_topk must be >= 1, got {self.decider_topk}")
         if not self.decider_hidden_dims or any(d < 1 for d in self.decider_hidden_dims):
-            raise ConfigError(f"decider_hidden_dims must be positive, got {self.decider_hidden_dims}")
+            raise ConfigError(
+                f"decider_hidden_dims must be positive, got {self.decider_hidden_dims}"
+            )
         if self.decider_layers is not None and not all(
             isinstance(i, int) for i in self.decider_layers
         ):

@@ -102,9 +102,13 @@ def _load_published_decider(path: Path) -> dict[str, torch.Tensor]:
             f"{exc}); refusing to execute pickled code"
         ) from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise CheckpointError(f"{path} is not a TaH decider file (expected a dict with 'state_dict')")
+        raise CheckpointError(
+            f"{path} is not a TaH decider file (expected a dict with 'state_dict')"
+        )
     if payload.get("class") not in (None, "MLPIterDecider"):
-        raise CheckpointError(f"{path} holds decider class {payload.get('class')!r}, not an MLP decider")
+        raise CheckpointError(
+            f"{path} holds decider class {payload.get('class')!r}, not an MLP decider"
+        )
     return payload["state_dict"]
 
 
@@ -141,7 +145,7 @@ def load_pretrained(
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
     tokenizer = None
-    if (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file():
+    if _has_tokenizer(root):
         tokenizer = AutoTokenizer.from_pretrained(root)
 
     backbone = base
@@ -150,7 +154,9 @@ def load_pretrained(
             backbone = load_lora(base, root / LORA_DIR)
             config = config.replace(**lora_settings(backbone))
         elif saved.adapter == "lora" and saved.max_iter > 1:
-            raise CheckpointError(f"{root} has no {LORA_DIR}/ adapter directory but its config needs one")
+            raise CheckpointError(
+                f"{root} has no {LORA_DIR}/ adapter directory but its config needs one"
+            )
         else:
             backbone = add_lora(base, config)
     model = cls(backbone, config, tokenizer)
@@ -172,10 +178,45 @@ def load_pretrained(
             try:
                 model.decider.load_state_dict(weights, strict=True)
             except RuntimeError as exc:
-                raise CheckpointError(f"decider weights in {root} do not fit the config: {exc}") from None
+                raise CheckpointError(
+                    f"decider weights in {root} do not fit the config: {exc}"
+                ) from None
         model.set_threshold(config.threshold)
     if dtype is not None:
         model.to(dtype=dtype)
     if device is not None:
         model.to(device)
     return model
+
+
+def load_model(
+    path: str | os.PathLike,
+    threshold: float | None = None,
+    decider: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> TaHForCausalLM:
+    """Load a TaH checkpoint, or a plain HF causal LM wrapped as a Standard (one-pass) model."""
+    from tah.model.wrapper import TaHForCausalLM
+
+    root = resolve_checkpoint(path)
+    if (root / CONFIG_NAME).is_file():
+        return TaHForCausalLM.from_pretrained(
+            root, threshold=threshold, decider=decider, device=device, dtype=dtype
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(root) if _has_tokenizer(root) else None
+    model = TaHForCausalLM.from_base(base, TaHConfig(max_iter=1, decider="never"), tokenizer)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _has_tokenizer(root: Path) -> bool:
+    return (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file()

@@ -173,7 +173,7 @@ def default_decider_layers(num_layers: int) -> list[int]:
 
 def build_decider(config: TaHConfig, hidden_size: int, num_layers: int) -> Decider:
     """Instantiate the decider named in ``config`` for a model of the given shape."""
-    if config.decider == "never":
+    if config.decider == "never" or config.max_iter == 1:
         return NeverDecider()
     if config.decider == "always":
         return AlwaysDecider()

@@ -38,7 +38,9 @@ def check_sampling(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature!r} (use greedy decoding instead)")
+        raise ConfigError(
+            f"temperature must be > 0, got {temperature!r} (use greedy decoding instead)"
+        )
     if not isinstance(top_k, int) or top_k < 0:
         raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not 0 < top_p <= 1:
@@ -84,7 +86,9 @@ def resolve_eos(model: TaHForCausalLM, eos_token_id: int | list[int] | None) -> 
         eos_token_id = getattr(model.base_model.config, "eos_token_id", None)
     if eos_token_id is None:
         return []
-    return [int(e) for e in (eos_token_id if isinstance(eos_token_id, list | tuple) else [eos_token_id])]
+    return [
+        int(e) for e in (eos_token_id if isinstance(eos_token_id, list | tuple) else [eos_token_id])
+    ]
 
 
 def generate(
@@ -117,7 +121,9 @@ def generate(
         else attention_mask.to(device=device, dtype=torch.bool)
     )
     if mask.shape != input_ids.shape:
-        raise DataError(f"attention_mask shape {tuple(mask.shape)} != input_ids {tuple(input_ids.shape)}")
+        raise DataError(
+            f"attention_mask shape {tuple(mask.shape)} != input_ids {tuple(input_ids.shape)}"
+        )
     if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
         raise DataError("every prompt needs at least one token")
     if not bool(mask[:, -1].all()):
@@ -132,7 +138,9 @@ def generate(
         if prompt_len + max_new_tokens > context:
             logger.warning(
                 "max_new_tokens %d reduced to %d to fit the context of %d tokens",
-                max_new_tokens, context - prompt_len, context,
+                max_new_tokens,
+                context - prompt_len,
+                context,
             )
             max_new_tokens = context - prompt_len
     eos = resolve_eos(model, eos_token_id)
@@ -164,8 +172,12 @@ def generate(
                 finished = finished | torch.isin(next_token, eos_t)
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break
-            out = model(next_token[:, None], attention_mask=(~finished)[:, None], cache=cache,
-                        threshold=threshold)
+            out = model(
+                next_token[:, None],
+                attention_mask=(~finished)[:, None],
+                cache=cache,
+                threshold=threshold,
+            )
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start

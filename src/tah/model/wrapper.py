@@ -92,12 +92,15 @@ class TaHForCausalLM(nn.Module):
         hf_config = base.config
         self.num_layers = int(hf_config.num_hidden_layers)
         vocab = base.get_input_embeddings().weight.shape[0]
-        if config.decider == "mlp" and config.decider_layers is None:
+        uses_mlp = config.decider == "mlp" and config.max_iter > 1
+        if uses_mlp and config.decider_layers is None:
             from tah.model.deciders import default_decider_layers
 
             config.decider_layers = default_decider_layers(self.num_layers)
-        if config.decider == "mlp" and config.decider_topk > vocab:
-            raise ConfigError(f"decider_topk {config.decider_topk} exceeds the vocabulary ({vocab})")
+        if uses_mlp and config.decider_topk > vocab:
+            raise ConfigError(
+                f"decider_topk {config.decider_topk} exceeds the vocabulary ({vocab})"
+            )
         attention.register()
         base.set_attn_implementation(attention.ATTENTION_NAME)
         self.backbone = hf_model
@@ -149,6 +152,9 @@ class TaHForCausalLM(nn.Module):
         if isinstance(self.backbone, PeftModel):
             self.lora = LoraSwitch(self.backbone)
             self.lora.set(False)
+        # peft freezes the base weights; like any HF model, everything starts trainable and
+        # training recipes choose what to freeze (set_trainable).
+        self.set_trainable(backbone=True, lora=True, decider=True)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -245,7 +251,9 @@ class TaHForCausalLM(nn.Module):
         ensure_deep_pass: bool = False,
     ) -> TaHOutput:
         if input_ids.dim() != 2:
-            raise DataError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise DataError(
+                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
+            )
         batch, length = input_ids.shape
         device = input_ids.device
         valid = (
@@ -273,7 +281,13 @@ class TaHForCausalLM(nn.Module):
 
         # Depth 1: all tokens.
         hidden = self._run_pass(
-            embedding(input_ids), positions, valid, 0, None, work, batch,
+            embedding(input_ids),
+            positions,
+            valid,
+            0,
+            None,
+            work,
+            batch,
             store=cache is not None or run_depths > 1,
         )
         logits = lm_head(hidden)  # the output buffer; deeper depths update it in place
@@ -309,9 +323,7 @@ class TaHForCausalLM(nn.Module):
                 break
             b_idx, t_idx = b_idx[go], t_idx[go]
             rows, grid_r, grid_c, width = _pack(b_idx, batch)
-            soft = soft_embedding(
-                logits[b_idx, t_idx], embedding.weight, self.config.topk
-            )
+            soft = soft_embedding(logits[b_idx, t_idx], embedding.weight, self.config.topk)
             embeds = soft.new_zeros((rows.numel(), width, soft.shape[-1]))
             embeds = embeds.index_put((grid_r, grid_c), soft)
             q_pos = positions.new_zeros((rows.numel(), width)).index_put(
@@ -321,7 +333,13 @@ class TaHForCausalLM(nn.Module):
                 (grid_r, grid_c), torch.ones_like(b_idx, dtype=torch.bool)
             )
             hidden = self._run_pass(
-                embeds, q_pos, q_valid, depth + 1, rows, work, batch,
+                embeds,
+                q_pos,
+                q_valid,
+                depth + 1,
+                rows,
+                work,
+                batch,
                 store=cache is not None or depth + 2 < run_depths,
             )
             select = lambda t, r=grid_r, c=grid_c: t[r, c]  # noqa: E731
