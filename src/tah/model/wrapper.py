@@ -65,7 +65,12 @@ def check_supported(hf_model: nn.Module) -> None:
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     layer_types = getattr(config, "layer_types", None) or []
-    if "sliding_attention" in layer_types or getattr(config, "use_sliding_window", False):
+    windowed = model_type == "mistral" and getattr(config, "sliding_window", None) is not None
+    if (
+        "sliding_attention" in layer_types
+        or getattr(config, "use_sliding_window", False)
+        or windowed
+    ):
         raise UnsupportedModelError(
             f"{model_type} model uses sliding-window attention, which TaH's duo-causal attention "
             "does not implement; disable it in the config (use_sliding_window=False)"
@@ -337,7 +342,7 @@ class TaHForCausalLM(nn.Module):
                 q_pos,
                 q_valid,
                 depth + 1,
-                rows,
+                None if rows.numel() == batch else rows,
                 work,
                 batch,
                 store=cache is not None or depth + 2 < run_depths,

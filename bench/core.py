@@ -1,0 +1,143 @@
+"""Core model benchmark: TaH forward and decode against the plain HF model, side by side.
+
+    python bench/core.py [--quick]
+
+Prints, for one random-weight Qwen3-shaped model:
+* prefill (a full forward over B x T tokens): time and peak memory of TaH with ~6 % and 100 %
+  of tokens iterating, as ratios to the plain HF forward;
+* decode tokens/s at batch 1 and 16: HF ``generate`` (greedy) against
+  ``TaHForCausalLM.generate`` in Standard mode and with an MLP decider calibrated to iterate
+  ~6 % of tokens.
+Peak memory on CPU is the growth of the process's peak RSS during one measurement, each
+measured in a fresh subprocess so earlier runs do not mask it. Target: cost ≈ (1 + share) × plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+
+def build(quick: bool):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    size = (
+        dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, vocab_size=2048)
+        if quick
+        else dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, vocab_size=8192)
+    )
+    config = Qwen3Config(
+        num_attention_heads=8, num_key_value_heads=4, head_dim=64 if not quick else 16,
+        max_position_embeddings=4096, tie_word_embeddings=True, **size,
+    )
+    return Qwen3ForCausalLM(config).eval()
+
+
+def tah_model(hf, decider: str, threshold: float = 0.5):
+    from tah import TaHConfig, TaHForCausalLM
+
+    config = TaHConfig(max_iter=2, decider=decider, threshold=threshold, decider_hidden_dims=[256] * 2)
+    return TaHForCausalLM.from_base(hf, config).eval()
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _prefill_worker(kind: str, share: float, quick: bool, queue) -> None:
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)
+    hf = build(quick)
+    batch, length = (2, 128) if quick else (2, 256)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, hf.config.vocab_size, (batch, length), generator=gen)
+    if kind == "hf":
+        run = lambda: hf(ids).logits  # noqa: E731
+    else:
+        model = tah_model(hf, "label")
+        labels = 1 + (torch.rand(ids.shape, generator=gen) < share).long()
+        run = lambda: model(ids, iter_labels=labels).logits  # noqa: E731
+    with torch.no_grad():
+        run()  # warm-up
+        base = _rss_mb()
+        times = []
+        for _ in range(3 if quick else 5):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    queue.put((min(times), _rss_mb() - base))
+
+
+def prefill(kind: str, share: float, quick: bool) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_prefill_worker, args=(kind, share, quick, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def calibrate_threshold(model, ids, share: float) -> float:
+    with torch.no_grad():
+        out = model(ids, max_depth=1)
+    probs = torch.sigmoid(out.decider_logits[..., 0]).flatten()
+    return float(torch.quantile(probs, 1 - share))
+
+
+def decode(quick: bool) -> list[tuple[int, float, float, float, float]]:
+    hf = build(quick)
+    new_tokens = 16 if quick else 64
+    rows = []
+    for batch in (1, 16):
+        ids = torch.randint(0, hf.config.vocab_size, (batch, 32), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            hf.generate(ids, max_new_tokens=2, do_sample=False)
+            start = time.perf_counter()
+            hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            hf_tps = batch * new_tokens / (time.perf_counter() - start)
+        standard = tah_model(hf, "never")
+        standard.generate(ids, max_new_tokens=2, eos_token_id=[])
+        std = standard.generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+        tah = tah_model(build(quick), "mlp")
+        threshold = calibrate_threshold(tah, ids, 0.06)
+        tah.generate(ids, max_new_tokens=2, eos_token_id=[], threshold=threshold)
+        res = tah.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], threshold=threshold)
+        rows.append((batch, hf_tps, std.stats["tokens_per_s"], res.stats["tokens_per_s"], res.stats["iter_share"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller model, for a fast check")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)
+    from rich.console import Console
+    from rich.table import Table
+
+    plain_t, plain_m = prefill("hf", 0.0, args.quick)
+    table = Table(title="prefill: TaH / plain HF (same model, same tokens)")
+    for col in ("iterating", "time ratio", "target ≈ 1+share", "peak-mem ratio", "plain time", "plain peak"):
+        table.add_column(col)
+    for share in (0.06, 1.0):
+        t, m = prefill("tah", share, args.quick)
+        table.add_row(f"{share:.0%}", f"{t / plain_t:.2f}", f"{1 + share:.2f}",
+                      f"{m / max(plain_m, 1e-6):.2f}", f"{plain_t * 1000:.0f} ms", f"{plain_m:.0f} MB")
+    Console().print(table)
+    table = Table(title="decode tokens/s (greedy)")
+    for col in ("batch", "HF generate", "TaH standard", "ratio", "TaH mlp", "iterating", "ratio"):
+        table.add_column(col)
+    for batch, hf_tps, std_tps, tah_tps, share in decode(args.quick):
+        table.add_row(str(batch), f"{hf_tps:.0f}", f"{std_tps:.0f}", f"{std_tps / hf_tps:.2f}",
+                      f"{tah_tps:.0f}", f"{share:.1%}", f"{tah_tps / hf_tps:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
