@@ -8,6 +8,8 @@ import pytest
 import torch
 
 torch.set_flush_denormal(True)
+# Tiny models run fastest (and least disturbed by other load) on one thread.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 QWEN3_TOKENIZER = SHARED / "tokenizers" / "qwen3"

@@ -31,6 +31,7 @@ class Decider(nn.Module):
     """Base class. ``feature_layers`` lists the hidden-state indices the decider reads."""
 
     name = "base"
+    learned = False
     feature_layers: tuple[int, ...] = ()
     needs_topk: int = 0
 
@@ -124,6 +125,7 @@ class MLPDecider(Decider):
     """The learned decider: hidden states of a few layers + top-k logit values -> continue-logit."""
 
     name = "mlp"
+    learned = True
 
     def __init__(
         self,

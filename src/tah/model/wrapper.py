@@ -306,8 +306,8 @@ class TaHForCausalLM(nn.Module):
 
         for depth in range(max_iter - 1):
             n = b_idx.numel()
-            if n == 0:
-                break
+            if n == 0 or (depth + 1 >= run_depths and not self.decider.learned):
+                break  # no deeper pass follows and a fixed decider's logits say nothing
             k = self.decider.needs_topk
             topk_values = select(token_logits.topk(k, dim=-1).values) if k else None
             go, go_logits = self.decider.decide(

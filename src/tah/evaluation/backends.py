@@ -1,0 +1,480 @@
+"""Generation backends behind one small interface, so every method runs through ``tah eval``.
+
+A backend turns already-templated prompts into :class:`Generation` records. Backends:
+
+* ``hf``: a plain ``AutoModelForCausalLM.generate`` with left padding (Standard baseline).
+  Sampling uses our per-row seeded processor (see ``sampling.py``) so a sample's text does not
+  depend on its batch neighbours.
+* ``tah``: ``TaHForCausalLM.from_pretrained`` + ``.generate``; ``decider="always"`` gives the
+  AlwaysThink baseline, ``threshold`` overrides tau. The core's ``generate`` takes one seed, so
+  a batch is seeded from its first sample (``seeding="per-batch"``; use batch size 1 for
+  per-sample reproducibility).
+* ``softthink`` and ``oracle``: own decode loops, in ``softthink.py`` and ``oracle.py``.
+* ``vllm`` / ``sglang``: optional engines for plain checkpoints (``engines.py``); a clear
+  error when the package is missing.
+* ``scripted``: answers from a JSONL file of ``{"match": substring, "output": text}`` lines;
+  for testing the pipeline and for re-grading outputs produced elsewhere.
+
+Question-level routing is not a backend (it generates nothing): see ``routing.py``.
+
+We keep this thin layer instead of an evaluation harness's model classes (lm-eval, lighteval)
+because TaH needs per-token iteration counts back from generation, and resumable runs need
+control over per-sample seeds; neither fits those APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tah.errors import CheckpointError, ConfigError
+from tah.evaluation.prompts import has_chat_template
+from tah.evaluation.sampling import SamplingParams, make_hf_processor
+
+BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
+
+
+@dataclass
+class Generation:
+    """One generated answer. ``iter_counts`` summarises passes per generated token."""
+
+    text: str
+    token_ids: list[int]
+    n_tokens: int
+    iter_counts: dict[str, Any]
+    time_s: float
+    finish_reason: str = "stop"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def iter_summary(counts: Sequence[int]) -> dict[str, Any]:
+    """Histogram and means of per-token pass counts (zeros, i.e. padding, are ignored)."""
+    valid = [int(c) for c in counts if int(c) > 0]
+    hist: dict[str, int] = {}
+    for c in valid:
+        hist[str(c)] = hist.get(str(c), 0) + 1
+    n = len(valid)
+    return {
+        "hist": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+        "avg_depth": (sum(valid) / n) if n else 0.0,
+        "iter_share": (sum(1 for c in valid if c > 1) / n) if n else 0.0,
+    }
+
+
+@dataclass
+class BackendOptions:
+    """Everything a backend may need besides the model path; unknown ``extra`` keys are errors."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    threshold: float | None = None
+    decider: str | None = None
+    reference: str | None = None
+    trust_remote_code: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def take(self, key: str, default: Any, cast: type = str) -> Any:
+        """Pop one backend-specific option, converted to ``cast``."""
+        if key not in self.extra:
+            return default
+        raw = self.extra.pop(key)
+        try:
+            if cast is bool:
+                return str(raw).lower() in ("1", "true", "yes", "on")
+            return cast(raw)
+        except ValueError as exc:
+            raise ConfigError(f"--backend-option {key}={raw!r}: expected {cast.__name__}") from exc
+
+    def reject_unused(self, backend: str) -> None:
+        if self.extra:
+            raise ConfigError(
+                f"backend {backend!r} does not understand options {sorted(self.extra)}"
+            )
+
+
+class Backend:
+    """Interface: ``generate(prompts, params, seeds) -> list[Generation]`` plus metadata."""
+
+    name = "base"
+    seeding = "per-sample"
+    tokenizer: Any = None
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[list[int]],
+        params: SamplingParams,
+        seeds: Sequence[int],
+    ) -> list[Generation]:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Facts recorded in the run (model path, parameter count, device ...)."""
+        return {"backend": self.name, "seeding": self.seeding}
+
+    def close(self) -> None:
+        """Release models and engines."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise ConfigError(f"--dtype {dtype!r} unknown; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: could not load a tokenizer ({exc})") from exc
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """EOS ids: the tokenizer's, the model's generation config's, and the chat end-of-turn token."""
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        if value is None:
+            return
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    gen_cfg = getattr(model, "generation_config", None)
+    add(getattr(gen_cfg, "eos_token_id", None))
+    template = getattr(tokenizer, "chat_template", None) or ""
+    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
+        if marker in template:
+            tid = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+                add(tid)
+    if not ids:
+        raise CheckpointError(
+            "the tokenizer defines no eos token; set eos_token in tokenizer_config.json"
+        )
+    return ids
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str] | Sequence[list[int]], device: Any
+) -> tuple[Any, Any]:
+    """Left-padded (input_ids, attention_mask); templated text gets no extra special tokens."""
+    import torch
+
+    if prompts and not isinstance(prompts[0], str):
+        rows = [list(map(int, p)) for p in prompts]
+    else:
+        add_special = not has_chat_template(tokenizer)
+        rows = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> tuple[list[int], str]:
+    """Generated ids up to and including the first stop token; the finish reason."""
+    out: list[int] = []
+    for t in ids:
+        out.append(int(t))
+        if int(t) in stops:
+            return out, "stop"
+    return out, "length"
+
+
+def count_parameters(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+# ---------------------------------------------------------------------------------- hf
+class HFBackend(Backend):
+    """A plain transformers causal LM (the Standard baseline)."""
+
+    name = "hf"
+
+    def __init__(self, model_path: str, options: BackendOptions) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model_path = model_path
+        self.device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, self.device)
+        options.reject_unused(self.name)
+        self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+            )
+        except Exception as exc:
+            raise CheckpointError(f"{model_path}: could not load a causal LM ({exc})") from exc
+        self.model = model.to(self.device).eval()
+        self.stops = stop_token_ids(self.tokenizer, self.model)
+        # transformers merges a checkpoint's generation_config.json (repetition_penalty, top_k
+        # ...) into every generate call; evaluation must use exactly the given sampling params.
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.stops, pad_token_id=self.tokenizer.pad_token_id
+        )
+        self._torch = torch
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "model": self.model_path,
+            "device": self.device,
+            "n_params": count_parameters(self.model),
+        }
+
+    def generate(self, prompts, params, seeds):  # type: ignore[override]
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        torch = self._torch
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
+        processor = make_hf_processor(list(seeds), params, self.device)
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.stops,
+        )
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([processor]),
+            )
+        elapsed = time.perf_counter() - start
+        new = out[:, ids.shape[1] :].tolist()
+        entropies = torch.stack(processor.entropies, dim=1) if processor.entropies else None
+        gens = []
+        for i, row in enumerate(new):
+            tokens, reason = cut_at_stop(row, self.stops)
+            n = len(tokens)
+            extra = {}
+            if entropies is not None and n:
+                extra["mean_entropy"] = float(entropies[i, :n].mean())
+            gens.append(
+                Generation(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    token_ids=tokens,
+                    n_tokens=n,
+                    iter_counts=iter_summary([1] * n),
+                    time_s=elapsed / len(prompts),
+                    finish_reason=reason,
+                    extra=extra,
+                )
+            )
+        return gens
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ---------------------------------------------------------------------------------- tah
+class TaHBackend(Backend):
+    """A TaH checkpoint through the core's ``generate`` (TaH, TaH+, AlwaysThink)."""
+
+    name = "tah"
+    seeding = "per-batch"
+
+    def __init__(self, model_path: str, options: BackendOptions) -> None:
+        import torch
+
+        from tah import TaHForCausalLM
+
+        self.model_path = model_path
+        self.device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, self.device)
+        options.reject_unused(self.name)
+        self.threshold = options.threshold
+        self.model = TaHForCausalLM.from_pretrained(
+            model_path,
+            threshold=options.threshold,
+            decider=options.decider,
+            device=self.device,
+            dtype=dtype,
+        )
+        self.model.eval()
+        self.tokenizer = getattr(self.model, "tokenizer", None) or load_tokenizer(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stops = stop_token_ids(self.tokenizer, self.model.base_model)
+        self._torch = torch
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            **super().info(),
+            "model": self.model_path,
+            "device": self.device,
+            "n_params": count_parameters(self.model),
+            "decider": cfg.decider,
+            "threshold": float(cfg.threshold if self.threshold is None else self.threshold),
+            "max_iter": cfg.max_iter,
+        }
+
+    def generate(self, prompts, params, seeds):  # type: ignore[override]
+        torch = self._torch
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            res = self.model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=not params.greedy,
+                temperature=params.temperature if not params.greedy else 1.0,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                eos_token_id=self.stops if len(self.stops) > 1 else self.stops[0],
+                seed=int(seeds[0]) if len(seeds) else None,
+                threshold=self.threshold,
+            )
+        elapsed = time.perf_counter() - start
+        new = res.sequences[:, ids.shape[1] :].tolist()
+        iters = res.iter_counts.tolist()
+        gens = []
+        for i, row in enumerate(new):
+            tokens, reason = cut_at_stop(row, self.stops)
+            n = len(tokens)
+            gens.append(
+                Generation(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    token_ids=tokens,
+                    n_tokens=n,
+                    iter_counts=iter_summary(iters[i][:n]),
+                    time_s=elapsed / len(prompts),
+                    finish_reason=reason,
+                )
+            )
+        return gens
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ---------------------------------------------------------------------------------- scripted
+class ScriptedBackend(Backend):
+    """Answers from a file: the first line whose ``match`` occurs in the prompt wins.
+
+    The file is JSONL with ``{"match": str, "output": str}`` lines. Option ``delay_s`` sleeps
+    per prompt (to test kills and progress). Token counts are whitespace-separated words.
+    """
+
+    name = "scripted"
+
+    def __init__(self, path: str, options: BackendOptions) -> None:
+        self.path = path
+        self.delay_s = options.take("delay_s", 0.0, float)
+        self.default = options.take("default", "", str)
+        options.reject_unused(self.name)
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"scripted backend: {path} is not a JSONL file of match/output lines")
+        self.rules: list[tuple[str, str]] = []
+        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                self.rules.append((str(rec["match"]), str(rec["output"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f'{path}:{lineno}: expected {{"match": ..., "output": ...}}'
+                ) from exc
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "model": self.path, "n_params": 0}
+
+    def generate(self, prompts, params, seeds):  # type: ignore[override]
+        gens = []
+        for prompt in prompts:
+            start = time.perf_counter()
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            text = next((out for m, out in self.rules if m in str(prompt)), self.default)
+            words = text.split()[: params.max_new_tokens]
+            n = len(words)
+            gens.append(
+                Generation(
+                    text=text,
+                    token_ids=[],
+                    n_tokens=n,
+                    iter_counts=iter_summary([1] * n),
+                    time_s=time.perf_counter() - start,
+                    finish_reason="stop" if n < params.max_new_tokens else "length",
+                )
+            )
+        return gens
+
+
+# ---------------------------------------------------------------------------------- factory
+def make_backend(kind: str, model_path: str, options: BackendOptions | None = None) -> Backend:
+    """Build a backend by name; options are consumed, leftovers are an error."""
+    options = options or BackendOptions()
+    options = BackendOptions(**{**asdict(options), "extra": dict(options.extra)})
+    if kind == "hf":
+        return HFBackend(model_path, options)
+    if kind == "tah":
+        return TaHBackend(model_path, options)
+    if kind == "softthink":
+        from tah.evaluation.softthink import SoftThinkBackend
+
+        return SoftThinkBackend(model_path, options)
+    if kind == "oracle":
+        from tah.evaluation.oracle import OracleBackend
+
+        return OracleBackend(model_path, options)
+    if kind in ("vllm", "sglang"):
+        from tah.evaluation.engines import SGLangBackend, VLLMBackend
+
+        return (VLLMBackend if kind == "vllm" else SGLangBackend)(model_path, options)
+    if kind == "scripted":
+        return ScriptedBackend(model_path, options)
+    raise ConfigError(
+        f"backend {kind!r} unknown; use one of {BACKENDS} (routing: --backend routing)"
+    )
