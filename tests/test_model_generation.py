@@ -42,6 +42,10 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
     c = model.generate(ids, seed=2, **kwargs)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.iter_counts, b.iter_counts)
     assert not torch.equal(a.sequences, c.sequences)
+    # Per-row seeds: a row's sample does not depend on its batch neighbours.
+    rows = model.generate(ids, seed=[5, 6, 7], **kwargs)
+    alone = model.generate(ids[1:2], seed=[6], **kwargs)
+    assert torch.equal(rows.sequences[1], alone.sequences[0])
 
 
 def test_eos_stops_rows_independently_and_stats_count_real_tokens():

@@ -103,11 +103,15 @@ def generate(
     min_p: float = 0.0,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
-    seed: int | None = None,
+    seed: int | list[int] | None = None,
     threshold: float | None = None,
     **unused: Any,
 ) -> GenerationOutput:
-    """Generate up to ``max_new_tokens`` per row from left-padded prompts."""
+    """Generate up to ``max_new_tokens`` per row from left-padded prompts.
+
+    ``seed`` is one seed for the batch, or one per row: then each row samples from its own
+    generator, so a row's text does not depend on which other rows share its batch.
+    """
     if unused:
         raise ConfigError(f"unknown generate() arguments: {sorted(unused)}")
     check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
@@ -146,12 +150,26 @@ def generate(
     eos = resolve_eos(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(seed))
-
     batch = input_ids.shape[0]
+    seeds = seed if isinstance(seed, list | tuple) else None
+    if seeds is not None and len(seeds) != batch:
+        raise ConfigError(f"got {len(seeds)} seeds for a batch of {batch} prompts")
+    generators = [
+        torch.Generator(device=device).manual_seed(int(s))
+        for s in (seeds if seeds is not None else [] if seed is None else [seed])
+    ]
+
+    def pick(logits: Tensor) -> Tensor:
+        if len(generators) <= 1:
+            gen = generators[0] if generators else None
+            return sample_next(logits, do_sample, temperature, top_k, top_p, min_p, gen)
+        return torch.cat(
+            [
+                sample_next(logits[i : i + 1], do_sample, temperature, top_k, top_p, min_p, g)
+                for i, g in enumerate(generators)
+            ]
+        )
+
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -162,9 +180,7 @@ def generate(
     try:
         out = model(input_ids, attention_mask=mask, cache=cache, threshold=threshold)
         for step in range(max_new_tokens):
-            next_token = sample_next(
-                out.logits[:, -1], do_sample, temperature, top_k, top_p, min_p, generator
-            )
+            next_token = pick(out.logits[:, -1])
             next_token = next_token.masked_fill(finished, pad)
             tokens.append(next_token)
             counts.append(out.iter_counts[:, -1].masked_fill(finished, 0))
