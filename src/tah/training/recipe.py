@@ -1,0 +1,477 @@
+"""Training recipes: YAML files read into validated dataclasses, with ``--set`` overrides.
+
+Why our own loader rather than Hydra/OmegaConf or HF ``TrainingArguments``: a recipe here is a
+small, closed schema (six sections), and the one behaviour we need above plain YAML is a *clear
+error before any compute* for a key that does not exist (with the closest valid key suggested),
+plus dotted command-line overrides that go through the same checks. That is ~200 lines with
+``dataclasses`` and ``typing``; a framework would add a dependency and its own error style.
+
+A recipe names a ``stage``:
+
+* ``stage1`` - TaH, oracle routing from the labels (LabelDecider), CE at each token's oracle depth,
+  backbone + LoRA trainable (METHOD.md C.1);
+* ``stage2`` - TaH, fresh MLP decider trained alone on pos-weighted BCE, depth 1 only (C.2);
+* ``standard`` - the plain Hugging Face model (max_iter 1, no adapter), same data and optimiser;
+* ``alwaysthink`` - TaH where every supervised token runs all ``max_iter`` depths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from tah.errors import ConfigError
+
+STAGES = ("stage1", "stage2", "standard", "alwaysthink")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+SCHEDULERS = ("cosine_with_min_lr", "linear", "constant")
+DTYPES = ("float32", "bfloat16", "float16")
+REPORTERS = ("tensorboard", "wandb")
+
+
+@dataclass
+class ModelSection:
+    """Which weights to start from and which parts train."""
+
+    # A Hugging Face model directory (or hub id) to wrap: stage1 / standard / alwaysthink.
+    base: str | None = None
+    # Alternative to ``base``: a random-weight model built from this HF config dict
+    # (``model_type`` required). For CPU-scale recipes and smoke runs.
+    init_config: dict[str, Any] | None = None
+    # A TaH checkpoint to start from (stage 2: the stage-1 output).
+    init_from: str | None = None
+    # Tokenizer directory; default: the one saved with ``base`` / ``init_from``.
+    tokenizer: str | None = None
+    # dtype of the weights as loaded (the optimiser's master weights). Mixed precision is
+    # ``train.mixed_precision``.
+    dtype: str = "float32"
+    # Special tokens written into tokenizer, model config and generation config (C, HEAD).
+    eos_token: str | None = None
+    pad_token: str | None = None
+    # TaHConfig fields (max_iter, lora_r, decider, threshold, decider_layers, ...).
+    tah: dict[str, Any] = field(default_factory=dict)
+    # Trainable parts; None = the stage's default. Stage 2 allows only the decider.
+    train_backbone: bool | None = None
+    train_lora: bool | None = None
+    train_decider: bool | None = None
+
+
+@dataclass
+class DataSection:
+    """Labelled training data (output of ``tah label``) and how to turn it into examples."""
+
+    train: str = ""
+    eval: str | None = None
+    max_length: int = 8192
+    # "cutoff" truncates long rows, "filter" drops them (METHOD.md B.4).
+    max_length_action: str = "cutoff"
+    # How hard-token labels become iteration labels; None = the stage's default
+    # ("mismatch" for TaH stages, "all" for alwaysthink).
+    iter_strategy: str | None = None
+    # Malformed JSONL lines: "error" stops at the first one, "skip" skips and counts them.
+    on_bad_line: str = "error"
+    # Keep only rows with at least one supervised hard token (the reference's pre-filter).
+    require_hard: bool = True
+    # Use only the first N rows after filtering (quick runs); None = all.
+    max_examples: int | None = None
+
+
+@dataclass
+class OptimSection:
+    """AdamW and the learning-rate schedule (HF defaults; METHOD.md C.5)."""
+
+    lr: float = 4e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float | None = 0.2
+    scheduler: str = "cosine_with_min_lr"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class LossSection:
+    """Stage-2 decider loss settings (the other stages use next-token cross-entropy)."""
+
+    # BCE positive weight: a number, or "auto" = negatives / positives over the training data.
+    pos_weight: float | str = "auto"
+    # Which tokens the decider is trained on: "all" valid tokens with an iteration label
+    # (prompt tokens included as negatives, like the reference) or "response" tokens only.
+    decider_targets: str = "all"
+
+
+@dataclass
+class TrainSection:
+    """Loop length, batch geometry, precision and seeds."""
+
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    per_device_batch_size: int = 1
+    # Give either the global batch (sequences per optimiser step, all processes) or the number
+    # of accumulation steps. With global_batch_size the accumulation is derived from the number
+    # of processes, so the same recipe keeps its hyper-parameters on 1 or 8 GPUs.
+    global_batch_size: int | None = None
+    grad_accum: int | None = None
+    mixed_precision: str = "auto"  # auto = bf16 on a CUDA GPU that has it, else fp32
+    gradient_checkpointing: bool = False
+    seed: int = 420
+    # Stage 1 / alwaysthink: if no token would iterate, force one (keeps LoRA in every graph).
+    ensure_deep_pass: bool = True
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class OutputSection:
+    """Where results go, how often to log, evaluate and checkpoint."""
+
+    dir: str = ""
+    log_every: int = 1
+    # Checkpoint every N optimiser steps (None = never mid-run) and/or at each epoch end.
+    save_every: int | None = None
+    save_each_epoch: bool = False
+    keep_last: int | None = None  # keep only the newest N mid-run checkpoints
+    eval_every: int | None = None
+    eval_each_epoch: bool = False
+    report_to: list[str] = field(default_factory=list)  # "tensorboard", "wandb"
+    run_name: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Recipe:
+    """A whole training run."""
+
+    stage: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    # -------------------------------------------------------------- derived values
+    @property
+    def uses_tah(self) -> bool:
+        return self.stage != "standard"
+
+    @property
+    def iter_strategy(self) -> str:
+        if self.data.iter_strategy is not None:
+            return self.data.iter_strategy
+        return "all" if self.stage == "alwaysthink" else "mismatch"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source", None)
+        return data
+
+    def validate(self) -> None:
+        """Cross-field checks; every message names the key and the fix."""
+        where = f" (recipe {self.source})" if self.source else ""
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}{where}")
+        m, d, o, t, out = self.model, self.data, self.optim, self.train, self.output
+        sources = [k for k in ("base", "init_config", "init_from") if getattr(m, k)]
+        if self.stage == "stage2":
+            if not m.init_from:
+                raise ConfigError(
+                    f"stage2 needs model.init_from = the stage-1 checkpoint directory{where}"
+                )
+            if m.base or m.init_config:
+                raise ConfigError(
+                    f"stage2 starts from model.init_from only; remove {sources}{where}"
+                )
+            bad = [
+                k for k in ("train_backbone", "train_lora") if getattr(m, k) not in (None, False)
+            ]
+            if bad or m.train_decider is False:
+                raise ConfigError(
+                    f"stage2 trains the decider only; model.{bad or ['train_decider']} cannot be "
+                    f"changed{where}"
+                )
+        elif len(sources) != 1:
+            raise ConfigError(
+                f"stage {self.stage} needs exactly one of model.base, model.init_config, "
+                f"model.init_from; got {sources or 'none'}{where}"
+            )
+        if self.stage == "standard":
+            if m.init_from:
+                raise ConfigError(f"stage standard trains a plain HF model: use model.base{where}")
+            if m.tah:
+                raise ConfigError(
+                    f"stage standard has no TaH settings (max_iter 1, no adapter); remove "
+                    f"model.tah {sorted(m.tah)}{where}"
+                )
+            if m.train_lora or m.train_decider:
+                raise ConfigError(f"stage standard has no LoRA or decider to train{where}")
+        if m.init_config is not None and "model_type" not in m.init_config:
+            raise ConfigError(f"model.init_config needs a model_type (e.g. qwen3){where}")
+        if m.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {DTYPES}, got {m.dtype!r}{where}")
+        _check_tah_keys(m.tah, where)
+        if self.stage in ("stage1", "alwaysthink") and m.tah.get("decider", "label") != "label":
+            raise ConfigError(
+                f"{self.stage} routes by the labels: model.tah.decider must be 'label' (or "
+                f"absent), got {m.tah['decider']!r}{where}"
+            )
+        if self.stage == "stage2" and m.tah.get("decider", "mlp") != "mlp":
+            raise ConfigError(
+                f"stage2 trains an MLP decider: model.tah.decider must be 'mlp'{where}"
+            )
+        if not d.train:
+            raise ConfigError(
+                f"data.train is required (a labelled dataset from `tah label`){where}"
+            )
+        _positive("data.max_length", d.max_length, where)
+        _choice("data.max_length_action", d.max_length_action, ("cutoff", "filter"), where)
+        _choice("data.on_bad_line", d.on_bad_line, ("error", "skip"), where)
+        if d.max_examples is not None:
+            _positive("data.max_examples", d.max_examples, where)
+        _positive("optim.lr", o.lr, where)
+        if o.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}{where}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}{where}")
+        if o.max_grad_norm is not None:
+            _positive("optim.max_grad_norm", o.max_grad_norm, where)
+        _choice("optim.scheduler", o.scheduler, SCHEDULERS, where)
+        if not 0 <= o.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}{where}")
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}{where}")
+        pw = self.loss.pos_weight
+        if isinstance(pw, str) and pw != "auto" or not isinstance(pw, str) and pw <= 0:
+            raise ConfigError(
+                f"loss.pos_weight must be a positive number or 'auto', got {pw!r}{where}"
+            )
+        _choice("loss.decider_targets", self.loss.decider_targets, ("all", "response"), where)
+        _positive("train.epochs", t.epochs, where)
+        if t.max_steps is not None:
+            _positive("train.max_steps", t.max_steps, where)
+        _positive("train.per_device_batch_size", t.per_device_batch_size, where)
+        if (t.global_batch_size is None) == (t.grad_accum is None):
+            raise ConfigError(
+                f"set exactly one of train.global_batch_size and train.grad_accum{where}"
+            )
+        if t.global_batch_size is not None:
+            _positive("train.global_batch_size", t.global_batch_size, where)
+        if t.grad_accum is not None:
+            _positive("train.grad_accum", t.grad_accum, where)
+        _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION, where)
+        if not out.dir:
+            raise ConfigError(f"output.dir is required{where}")
+        _positive("output.log_every", out.log_every, where)
+        for key in ("save_every", "keep_last", "eval_every"):
+            value = getattr(out, key)
+            if value is not None:
+                _positive(f"output.{key}", value, where)
+        for name in out.report_to:
+            _choice("output.report_to", name, REPORTERS, where)
+        if (out.eval_every or out.eval_each_epoch) and not d.eval:
+            raise ConfigError(f"output.eval_every / eval_each_epoch need data.eval{where}")
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-batches per process per optimiser step for ``world_size`` processes."""
+        t = self.train
+        if t.grad_accum is not None:
+            return t.grad_accum
+        per_step = t.per_device_batch_size * world_size
+        if t.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size {t.global_batch_size} is not a multiple of "
+                f"per_device_batch_size x processes = {t.per_device_batch_size} x {world_size}; "
+                "change one of them"
+            )
+        return t.global_batch_size // per_step
+
+
+# ------------------------------------------------------------------ loading and overrides
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.sub=value`` overrides, and validate everything."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {path} does not exist") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    return recipe_from_dict(raw, overrides, source=str(path))
+
+
+def recipe_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, source: str | None = None
+) -> Recipe:
+    """Build and validate a :class:`Recipe` from nested dicts (the YAML content)."""
+    raw = _deep_copy(raw)
+    for item in overrides or []:
+        apply_override(raw, item)
+    recipe = _build(Recipe, raw, "", source)
+    recipe.source = source
+    recipe.validate()
+    return recipe
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``--set key.sub=value`` to the raw recipe dict (value parsed as YAML)."""
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. --set optim.lr=1e-4")
+    key, _, text = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"--set {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str | None) -> Any:
+    where = f" in recipe {source}" if source else ""
+    label = prefix.rstrip(".") or "the recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label} must be a mapping, got {data!r}{where}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"unknown recipe key '{prefix}{key}'{where}{hint} Valid keys of {label}: "
+            f"{sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _coerce(value, typ, f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, key: str, where: str) -> Any:
+    """Check ``value`` against a field's type, converting the harmless cases (``"1e-4"``)."""
+    origin = typing.get_origin(typ)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(typ)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r} is not a valid {_type_name(typ)}{where}")
+    if typ is Any:
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(typ) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}{where}")
+        return [_coerce(v, item_type, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}{where}")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema uses only the types above
+        return value
+    raise ConfigError(f"{key} must be {_type_name(typ)}, got {value!r}{where}")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) in (Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(typ))
+    if typ is type(None):
+        return "null"
+    return getattr(typ, "__name__", str(typ))
+
+
+def _positive(key: str, value: float, where: str) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}{where}")
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...], where: str) -> None:
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {options}, got {value!r}{where}")
+
+
+def _check_tah_keys(tah: dict[str, Any], where: str) -> None:
+    from tah.config import TaHConfig
+
+    known = {f.name for f in dataclasses.fields(TaHConfig)}
+    for key in tah:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean 'model.tah.{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown recipe key 'model.tah.{key}'{where}{hint} Valid TaH keys: {sorted(known)}"
+            )
