@@ -1,0 +1,566 @@
+"""The batched TaH decode engine: continuous batching over a static per-depth KV store.
+
+Why not ``TaHForCausalLM.generate`` (the reference loop): it pads every prompt to the longest,
+grows its cache by concatenation, rebuilds dense masks each step, and keeps a finished row in
+the batch until every row is done. A server needs requests that join and leave between steps,
+fixed memory, and a deeper pass whose cost follows the number of tokens that think again.
+
+One :meth:`Engine.step`:
+
+1. admit waiting requests into free rows of the store (rows are kept compact: decoding rows
+   are the prefix 0..n_dec-1, rows still prefilling follow);
+2. run one fused forward (``step.py``) holding every row's next pass: each decoding row's
+   token at its own depth (a token the decider sent deeper last step runs its next depth now,
+   LoRA on for that row only, soft-embedding input, same position), the prompt tokens sent
+   deeper last step, and the next chunk of prompt tokens. They share the matrix products;
+   attention is per block, duo-causal for deep tokens, which are gathered, so depth 2 never
+   runs over the whole batch, and a token that thinks again costs its row one more step
+   instead of a second pass that stalls every other row;
+3. run the decider on every token that may continue and sample the rows whose token is final,
+   on the device; the host synchronises once per step (decisions and greedy tokens together,
+   once more only when a request samples), never per layer or per depth;
+4. stream the new tokens to each request's callback and free the rows of finished requests.
+
+The semantics are exactly the core's (METHOD.md A.2-A.10); ``tests/test_engine_*.py`` prove
+greedy tokens and per-token iteration counts equal to ``TaHForCausalLM.generate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tah.engine.kv import KVStore
+from tah.engine.model import CompactDecoder
+from tah.engine.sampling import SamplingParams, filter_probs, make_generator, sample_rows
+from tah.engine.step import LastToken, Pending, run_step
+from tah.errors import ConfigError, DataError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+WAITING, PREFILL, RUNNING, FINISHED = "waiting", "prefill", "running", "finished"
+
+
+@dataclass
+class TokenEvent:
+    """What a request receives after a step: new tokens, and whether it is done."""
+
+    request_id: str
+    token_ids: list[int]
+    iter_counts: list[int]
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    callback: Callable[[TokenEvent], None] | None = None
+    output: list[int] = field(default_factory=list)
+    iter_counts: list[int] = field(default_factory=list)
+    state: str = WAITING
+    row: int = -1
+    prefilled: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    generator: torch.Generator | None = None
+    stop_ids: frozenset[int] = frozenset()
+    pending: list[Pending] = field(default_factory=list)  # prompt tokens still going deeper
+    last: LastToken | None = None  # the prompt's last token, once final
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    @property
+    def avg_depth(self) -> float:
+        return sum(self.iter_counts) / len(self.iter_counts) if self.iter_counts else 0.0
+
+
+@dataclass
+class Completion:
+    """Result of :meth:`Engine.generate` for one prompt."""
+
+    token_ids: list[int]
+    iter_counts: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+
+
+class Engine:
+    """Continuous-batching decoder for Standard, AlwaysThink and TaH (MLP decider) models.
+
+    Build with :meth:`from_tah_model`, :meth:`from_hf_model` or :meth:`from_pretrained`.
+    ``max_batch`` rows of ``max_len`` positions are allocated up front for every depth.
+    """
+
+    def __init__(
+        self,
+        decoder: CompactDecoder,
+        *,
+        decider: torch.nn.Module | None = None,
+        max_iter: int = 1,
+        threshold: float = 0.9,
+        topk: int | None = 100,
+        residual: bool = True,
+        eos_token_ids: Sequence[int] = (),
+        max_batch: int = 8,
+        max_len: int | None = None,
+        prefill_chunk: int = 512,
+        seed: int = 0,
+        tokenizer: Any = None,
+        model_name: str = "tah",
+    ) -> None:
+        from tah.model.wrapper import soft_embedding
+
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.decoder = decoder
+        self.shape = decoder.shape
+        self.device = decoder.device
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.residual = residual
+        self.topk = topk
+        self._soft_embedding = soft_embedding
+        self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
+        self.kind, self.decider = self._setup_decider(decider, max_iter)
+        self.max_iter = max_iter if self.kind != "never" else 1
+        self.threshold = float(threshold)
+        self.capture = (
+            tuple(getattr(self.decider, "feature_layers", ())) if self.kind == "mlp" else ()
+        )
+        self.decider_topk = int(getattr(self.decider, "needs_topk", 0) or 0)
+        positions = decoder.rope_cos.shape[0] - 1  # the table has one spare position
+        self.max_len = min(max_len or min(positions, 2048), positions)
+        if self.max_len < 2:
+            raise ConfigError(f"max_len must be >= 2, got {self.max_len}")
+        self.max_batch = max_batch
+        self.max_active: int | None = None  # optional lower cap on rows in use (benchmarks)
+        self.prefill_chunk = prefill_chunk
+        self.store = KVStore(
+            self.shape.num_layers,
+            self.shape.num_kv_heads,
+            self.shape.head_dim,
+            max_batch,
+            self.max_len,
+            self.max_iter,
+            device=self.device,
+            dtype=decoder.dtype,
+        )
+        dev = self.device
+        # Per-row state on the device (moved with the row on compaction).
+        self.tok = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.topk_row = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.temp = torch.ones(max_batch, dtype=torch.float32, device=dev)
+        self.topp = torch.ones(max_batch, dtype=torch.float32, device=dev)
+        self.minp = torch.zeros(max_batch, dtype=torch.float32, device=dev)
+        # Tokens that continue: their cumulative logits and the soft embedding of the next pass.
+        vocab = self.shape.vocab_size
+        n_cont = max_batch if self.max_iter > 1 else 0
+        self.cum_buf = torch.zeros((n_cont, vocab), dtype=decoder.dtype, device=dev)
+        self.x_next = torch.zeros((n_cont, self.shape.hidden_size), dtype=decoder.dtype, device=dev)
+        self._row_tensors = [
+            self.tok,
+            self.pos,
+            self.topk_row,
+            self.temp,
+            self.topp,
+            self.minp,
+        ]
+        if n_cont:
+            self._row_tensors += [self.cum_buf, self.x_next]
+        # Host mirrors.
+        self.rows: list[Request | None] = [None] * max_batch
+        self.lengths = [0] * max_batch  # position of the token each row is working on
+        self.phase = [1] * max_batch  # depth that token runs next
+        self.n_dec = 0  # decoding rows: 0..n_dec-1
+        self.n_rows = 0  # occupied rows: decoding, then prefilling
+        self.waiting: deque[Request] = deque()
+        self.requests: dict[str, Request] = {}
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._seed_rng = torch.Generator().manual_seed(int(seed))
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.stats = {"steps": 0, "tokens": 0, "iterations": 0, "prompt_tokens": 0, "deep_rows": 0}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_tah_model(cls, model, **kwargs: Any) -> Engine:
+        """Serve an in-memory ``TaHForCausalLM`` (weights are read from its module tree)."""
+        cfg = model.config
+        if cfg.attention_mode != "duo":
+            raise UnsupportedModelError(
+                f"the engine implements duo-causal attention only, not {cfg.attention_mode!r}"
+            )
+        from tah.model.generation import resolve_eos
+
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        decoder = CompactDecoder.from_hf_model(
+            model.base_model, device=device, dtype=dtype, max_positions=kwargs.get("max_len")
+        )
+        kwargs.setdefault("tokenizer", model.tokenizer)
+        kwargs.setdefault("eos_token_ids", resolve_eos(model, None))
+        decider = model.decider
+        threshold = float(getattr(decider, "threshold", cfg.threshold))
+        return cls(
+            decoder,
+            decider=decider,
+            max_iter=cfg.max_iter,
+            threshold=threshold,
+            topk=cfg.topk,
+            residual=cfg.residual,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_hf_model(cls, hf_model, tokenizer: Any = None, **kwargs: Any) -> Engine:
+        """Serve a plain Hugging Face causal LM (a Standard model: one pass per token)."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        decoder = CompactDecoder.from_hf_model(
+            hf_model, device=device, dtype=dtype, max_positions=kwargs.get("max_len")
+        )
+        if "eos_token_ids" not in kwargs:
+            eos = getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
+            eos = eos if eos is not None else getattr(hf_model.config, "eos_token_id", None)
+            kwargs["eos_token_ids"] = (
+                [] if eos is None else (eos if isinstance(eos, list) else [eos])
+            )
+        return cls(decoder, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str, threshold: float | None = None, **kwargs: Any) -> Engine:
+        """Load a TaH checkpoint (or a plain HF directory = Standard model) and serve it."""
+        from tah.model.checkpoint import load_model
+
+        model = load_model(path, threshold=threshold)
+        kwargs.setdefault("model_name", str(path).rstrip("/").split("/")[-1])
+        return cls.from_tah_model(model, **kwargs)
+
+    def _setup_decider(self, decider, max_iter: int):
+        if max_iter <= 1 or decider is None:
+            return "never", None
+        name = getattr(decider, "name", None)
+        if name == "never":
+            return "never", None
+        if name == "always":
+            return "always", None
+        if name == "label":
+            raise ConfigError(
+                "the 'label' decider needs oracle labels and cannot serve requests; load the "
+                "model with decider='mlp', 'always' or 'never'"
+            )
+        if name != "mlp":
+            raise UnsupportedModelError(f"unknown decider {type(decider).__name__}")
+        # A private eval-mode copy: the caller's module (maybe in training mode) stays as is.
+        decider = copy.deepcopy(decider).eval()
+        decider.to(device=self.device)
+        for p in decider.parameters():
+            p.requires_grad_(False)
+        return "mlp", decider
+
+    # ------------------------------------------------------------------ public API
+    def add_request(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        callback: Callable[[TokenEvent], None] | None = None,
+    ) -> Request:
+        """Queue a request (thread-safe). Raises DataError/ConfigError for a bad one."""
+        params = params or SamplingParams()
+        params.validate()
+        prompt = [int(t) for t in prompt]
+        self.check_prompt(len(prompt), params.max_tokens)
+        vocab = self.shape.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise DataError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        req = Request(request_id or f"req-{uuid.uuid4().hex[:16]}", prompt, params, callback)
+        if params.stop_token_ids is not None:
+            req.stop_ids = frozenset(int(t) for t in params.stop_token_ids)
+        if not params.ignore_eos:
+            req.stop_ids = req.stop_ids | frozenset(self.eos_token_ids)
+        with self._wake:
+            if not params.greedy:
+                seed = params.seed
+                if seed is None:  # drawn from the engine's seed, so runs are reproducible
+                    seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
+                req.generator = make_generator(seed, self.device)
+            self._inbox.append(("add", req))
+            self._wake.notify()
+        return req
+
+    def check_prompt(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Raise DataError if the prompt (plus max_tokens new ones) does not fit the context."""
+        if prompt_tokens < 1:
+            raise DataError("the prompt is empty: give at least one token")
+        if prompt_tokens + max_tokens > self.max_len:
+            raise DataError(
+                f"prompt of {prompt_tokens} tokens plus max_tokens={max_tokens} exceeds the "
+                f"context of {self.max_len} tokens; shorten the prompt or lower max_tokens"
+            )
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its row at the next step (thread-safe, idempotent)."""
+        with self._wake:
+            self._inbox.append(("abort", request_id))
+            self._wake.notify()
+
+    def has_work(self) -> bool:
+        return bool(self._inbox or self.waiting or self.n_rows)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Offline batch generation: run steps until every prompt is done (not thread-safe
+        with a running background loop)."""
+        if self._running:
+            raise ConfigError("generate() cannot run while the background loop is running")
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        reqs = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        while not all(r.finished for r in reqs):
+            self.step()
+        return [Completion(r.output, r.iter_counts, r.finish_reason, len(r.prompt)) for r in reqs]
+
+    # ------------------------------------------------------------------ background loop
+    def start(self) -> None:
+        """Step in a background thread whenever there is work."""
+        if self._thread is not None:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="tah-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread; unfinished requests end with reason 'abort'."""
+        if self._thread is None:
+            return
+        with self._wake:
+            self._running = False
+            self._wake.notify()
+        self._thread.join(timeout)
+        self._thread = None
+        self._fail_all("abort", None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self.has_work():
+                    self._wake.wait(0.5)
+                if not self._running:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # keep serving: fail the requests in flight, log it
+                logger.exception("engine step failed")
+                self._fail_all("error", f"{type(exc).__name__}: {exc}")
+
+    def _fail_all(self, reason: str, error: str | None) -> None:
+        with self._wake:
+            inbox = list(self._inbox)
+            self._inbox.clear()
+        pending = [r for kind, r in inbox if kind == "add"]
+        for req in [*(r for r in self.rows if r is not None), *self.waiting, *pending]:
+            req.error = error
+            self._finish(req, reason)
+        self.rows = [None] * self.max_batch
+        self.n_dec = self.n_rows = 0
+        self.waiting.clear()
+        self.requests.clear()
+
+    # ------------------------------------------------------------------ the step
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Admit waiting requests, run one fused forward (see ``step.py``), free finished
+        rows; return the events of this step."""
+        events: list[TokenEvent] = []
+        self._drain_inbox(events)
+        self._admit()
+        if self.n_rows:
+            run_step(self, events)
+        self._release_finished()
+        self.stats["steps"] += 1
+        return events
+
+    def _drain_inbox(self, events: list[TokenEvent]) -> None:
+        with self._wake:
+            items = list(self._inbox)
+            self._inbox.clear()
+        for kind, item in items:
+            if kind == "add":
+                self.requests[item.request_id] = item
+                self.waiting.append(item)
+                continue
+            req = self.requests.get(item)
+            if req is None or req.finished:
+                continue
+            if req.state == WAITING:
+                self.waiting.remove(req)
+                self.requests.pop(req.request_id, None)
+                self._finish(req, "abort", events)
+            else:
+                self._finish(req, "abort", events)
+                self._release_row(req.row)
+
+    def _admit(self) -> None:
+        limit = min(self.max_batch, self.max_active or self.max_batch)
+        while self.waiting and self.n_rows < limit:
+            req = self.waiting.popleft()
+            row = self.n_rows
+            self.n_rows += 1
+            req.row, req.state = row, PREFILL
+            self.rows[row] = req
+            self.lengths[row] = 0
+            self.store.reset_row(row)
+            p = req.params
+            self.topk_row[row] = p.top_k
+            self.temp[row] = p.temperature if p.temperature > 0 else 1.0
+            self.topp[row] = p.top_p
+            self.minp[row] = p.min_p
+            self.pos[row] = 0
+            self.phase[row] = 1
+
+    def cap_of(self, req: Request) -> int:
+        """The deepest depth ``req`` may run (its ``max_iter`` within the model's)."""
+        m = req.params.max_iter
+        return self.max_iter if m is None else min(m, self.max_iter)
+
+    def threshold_of(self, req: Request) -> float:
+        return self.threshold if req.params.threshold is None else req.params.threshold
+
+    # ------------------------------------------------------------------ TaH pieces
+    def soft_embedding(self, cum: Tensor) -> Tensor:
+        """Input of a deeper pass: softmax over the top-k cumulative logits, mixing rows of E."""
+        return self._soft_embedding(cum, self.decoder.embed, self.topk)
+
+    def decide(self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor) -> Tensor:
+        """Continue-decision per token (before the depth cap): always, or sigmoid > thr."""
+        if self.kind == "always":
+            return torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
+        values = cum.topk(self.decider_topk, dim=-1).values
+        features = torch.cat([feats[i] for i in self.capture], dim=-1)
+        logits = self.decider(values, features).float()
+        return torch.sigmoid(logits) > thr
+
+    # ------------------------------------------------------------------ sampling and output
+    def draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
+        """Sample one token per row with each request's settings and generator."""
+        ps = [r.params for r in reqs]
+        probs = filter_probs(
+            logits,
+            self.temp.index_select(0, rows),
+            self.topk_row.index_select(0, rows),
+            self.topp.index_select(0, rows),
+            self.minp.index_select(0, rows),
+            any_min_p=any(p.min_p > 0 for p in ps),
+            any_top_k=any(p.top_k > 0 for p in ps),
+            any_top_p=any(p.top_p < 1 for p in ps),
+        )
+        return sample_rows(probs, [r.generator for r in reqs])
+
+    def emit(self, req: Request, token: int, count: int, events: list[TokenEvent]) -> None:
+        now = time.perf_counter()
+        if req.first_token_at is None:
+            req.first_token_at = now
+        req.output.append(token)
+        req.iter_counts.append(count)
+        self.stats["tokens"] += 1
+        self.stats["iterations"] += count
+        reason = None
+        if token in req.stop_ids:
+            reason = "stop"
+        elif len(req.output) >= req.params.max_tokens:
+            reason = "length"
+        event = TokenEvent(req.request_id, [token], [count])
+        if reason is not None:
+            req.finish_reason = reason
+            event.finished, event.finish_reason = True, reason
+            req.state = FINISHED
+            req.finished_at = now
+        events.append(event)
+        self._deliver(req, event)
+        if reason is not None:
+            req.done.set()
+
+    def _finish(self, req: Request, reason: str, events: list[TokenEvent] | None = None) -> None:
+        if req.finished:
+            return
+        req.state, req.finish_reason = FINISHED, reason
+        req.finished_at = time.perf_counter()
+        event = TokenEvent(req.request_id, [], [], True, reason, req.error)
+        if events is not None:
+            events.append(event)
+        self._deliver(req, event)
+        req.done.set()
+
+    def _deliver(self, req: Request, event: TokenEvent) -> None:
+        if req.callback is None:
+            return
+        try:
+            req.callback(event)
+        except Exception:  # a broken consumer must not take the engine down
+            logger.exception("callback of request %s failed", req.request_id)
+
+    # ------------------------------------------------------------------ row bookkeeping
+    def _release_finished(self) -> None:
+        for row in range(self.n_rows - 1, -1, -1):
+            req = self.rows[row]
+            if req is not None and req.finished:
+                self._release_row(row)
+
+    def _release_row(self, row: int) -> None:
+        """Free ``row``, keeping decoding rows a prefix and prefilling rows right after."""
+        req = self.rows[row]
+        self.rows[row] = None
+        if req is not None:
+            self.requests.pop(req.request_id, None)
+        if row < self.n_dec:
+            last_dec = self.n_dec - 1
+            self._move_row(last_dec, row)
+            self.n_dec -= 1
+            hole = last_dec
+        else:
+            hole = row
+        last = self.n_rows - 1
+        self._move_row(last, hole)
+        self.n_rows -= 1
+
+    def _move_row(self, src: int, dst: int) -> None:
+        if src == dst:
+            return
+        req = self.rows[src]
+        self.rows[dst], self.rows[src] = req, None
+        if req is None:
+            return
+        req.row = dst
+        self.store.move_row(src, dst, min(self.lengths[src] + 1, self.max_len))
+        self.lengths[dst] = self.lengths[src]
+        self.phase[dst] = self.phase[src]
+        for t in self._row_tensors:
+            t[dst] = t[src]
