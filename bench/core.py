@@ -9,15 +9,12 @@ Prints, for one random-weight Qwen3-shaped model:
   ``TaHForCausalLM.generate`` in Standard mode and with an MLP decider calibrated to iterate
   ~6 % of tokens.
 Times are best-of-N with the variants interleaved in one process (the machines are noisy).
-Peak memory on CPU is the growth of the process's peak RSS during one measurement, each
-measured in a fresh subprocess so earlier runs do not mask it. Target: cost ≈ (1 + share) × plain.
+Peak memory is the peak of live tensors beyond the model's weights (torch's MemTracker). Target: cost ≈ (1 + share) × plain.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import time
 
 import torch
@@ -52,46 +49,21 @@ def tah_model(hf, decider: str, threshold: float = 0.5):
     return TaHForCausalLM.from_base(hf, config).eval()
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def activation_peak_mb(run, module) -> float:
+    """Peak bytes of live tensors during ``run`` beyond the module's own weights (MemTracker)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    tracker = MemTracker()
+    tracker.track_external(module)
+    with torch.no_grad(), tracker:
+        run()
+    peak = max(v["Total"] for v in tracker.get_tracker_snapshot("peak").values())
+    return (peak - weights) / 2**20
 
 
-def _prefill_worker(kind: str, share: float, quick: bool, threads: int, queue) -> None:
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
-    hf = build(quick)
-    batch, length = (2, 128) if quick else (2, 256)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, hf.config.vocab_size, (batch, length), generator=gen)
-    if kind == "hf":
-        run = lambda: hf(ids).logits  # noqa: E731
-    else:
-        model = tah_model(hf, "label")
-        labels = 1 + (torch.rand(ids.shape, generator=gen) < share).long()
-        run = lambda: model(ids, iter_labels=labels).logits  # noqa: E731
-    with torch.no_grad():
-        base = _rss_mb()  # before the first run: the allocator keeps what the warm-up took
-        run()  # warm-up
-        times = []
-        for _ in range(3 if quick else 5):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-    queue.put((min(times), _rss_mb() - base))
-
-
-def prefill(kind: str, share: float, quick: bool, threads: int) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_prefill_worker, args=(kind, share, quick, threads, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
-def prefill_times(quick: bool, rounds: int = 6) -> dict[float, float]:
-    """Best-of-N times, the three variants interleaved so load drifts hit them alike."""
+def prefill_measure(quick: bool, rounds: int = 6) -> tuple[dict[float, float], dict[float, float]]:
+    """Best-of-N times (variants interleaved so load drifts hit them alike) and memory peaks."""
     hf = build(quick)
     batch, length = (2, 128) if quick else (2, 256)
     gen = torch.Generator().manual_seed(0)
@@ -108,7 +80,10 @@ def prefill_times(quick: bool, rounds: int = 6) -> dict[float, float]:
                 start = time.perf_counter()
                 run()
                 best[share] = min(best[share], time.perf_counter() - start)
-    return best
+    memory = {
+        share: activation_peak_mb(run, hf if share == 0.0 else model) for share, run in runs.items()
+    }
+    return best, memory
 
 
 def calibrate_threshold(model, ids, share: float) -> float:
@@ -162,20 +137,20 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    times = prefill_times(args.quick)
-    plain_m = prefill("hf", 0.0, args.quick, args.threads)[1]
+    times, memory = prefill_measure(args.quick)
+    plain_m = memory[0.0]
     table = Table(title="prefill: TaH / plain HF (same model, same tokens)")
     for col in (
         "iterating",
         "time ratio",
         "target ≈ 1+share",
-        "peak-mem ratio",
+        "activation-peak ratio",
         "plain time",
-        "plain peak",
+        "plain act. peak",
     ):
         table.add_column(col)
     for share in (0.06, 1.0):
-        m = prefill("tah", share, args.quick, args.threads)[1]
+        m = memory[share]
         table.add_row(
             f"{share:.0%}",
             f"{times[share] / times[0.0]:.3f}",

@@ -351,6 +351,8 @@ class TaHForCausalLM(nn.Module):
             new_logits = lm_head(select(hidden))
             logits.index_put_((b_idx, t_idx), new_logits, accumulate=self.config.residual)
             iter_counts.index_put_((b_idx, t_idx), torch.ones_like(b_idx), accumulate=True)
+            if depth + 2 >= max_iter:
+                break  # the deepest depth: no decider follows
             token_logits = logits[b_idx, t_idx]
             select = lambda t: t  # noqa: E731  token_logits is already per token
             if needs_features:
