@@ -1,0 +1,84 @@
+"""``tah repro tiny``: the paper's whole pipeline at laptop scale (see :mod:`tah.repro.tiny`).
+
+    tah repro tiny                 # the reported table: 3 seeds, ~30 min on 2 cores
+    tah repro tiny --quick         # CI smoke: one seed, tiny everything, a few minutes
+    tah repro tiny --set finetune_steps=600 --set threshold=0.7 --output runs/repro-b
+
+Rerunning a command resumes: finished steps are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scale", choices=["tiny"], help="which reproduction (only 'tiny')")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke-test preset: one seed, a few minutes"
+    )
+    parser.add_argument(
+        "--output", default=None, help="run folder (default runs/repro-tiny[-quick])"
+    )
+    parser.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of tah.repro.config.ReproConfig, e.g. --set finetune_steps=600",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="parallel steps (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--show-config", action="store_true", help="print the settings and exit")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="afterwards, copy the TaH checkpoint of --export-seed to DIR (with repro.json)",
+    )
+    parser.add_argument(
+        "--export-seed", type=int, default=None, help="seed to export (default: the first)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from tah.repro.config import preset
+
+    config = preset("quick" if args.quick else "tiny")
+    overrides = list(args.overrides)
+    if args.seeds is not None:
+        overrides.append(f"seeds=[{args.seeds}]")
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
+    config = config.with_overrides(overrides)
+    if args.show_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    output = args.output or ("runs/repro-tiny-quick" if args.quick else "runs/repro-tiny")
+
+    from tah.repro.report import rich_table
+    from tah.repro.tiny import run_repro
+
+    console = Console()
+    console.print(
+        f"[bold]tah repro tiny[/] ({config.preset}): seeds {config.seeds}, "
+        f"{config.workers} workers x {config.threads} thread(s) → {output}"
+    )
+    results = run_repro(config, output, show_progress=not args.no_progress)
+    console.print(rich_table(results))
+    minutes = results["wall_time_s_this_invocation"] / 60
+    console.print(
+        f"written {output}/results.md, results.json, results.png ({minutes:.1f} min this run)"
+    )
+    if args.export:
+        from tah.repro.export import export_checkpoint
+
+        seed = config.seeds[0] if args.export_seed is None else args.export_seed
+        path = export_checkpoint(output, seed, args.export)
+        console.print(f"exported the TaH checkpoint of seed {seed} to {path}")
+    return 0
