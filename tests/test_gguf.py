@@ -367,6 +367,31 @@ def test_tah_generate_on_a_gguf_file(tiny_gguf, cache_env, capsys):
     assert out["max_iter"] == 1 and 1 <= out["stats"]["tokens"] <= 4
 
 
+def test_label_and_train_take_a_gguf_file(tiny_gguf, cache_env, tmp_path):
+    """`tah label --model x.gguf` and a recipe with `model.base: x.gguf` use its converted copy."""
+    from tah.cli import main
+    from test_train_utils import recipe_dict, write_recipe
+
+    data = tmp_path / "problems.jsonl"
+    rows = [
+        {"problem": f"What is {i} + {i}?", "solution": f"{i} + {i} = {2 * i}"} for i in range(3)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels = tmp_path / "labels"
+    argv = ["label", "--data", str(data), "--model", str(tiny_gguf[0]), "--output", str(labels)]
+    assert main([*argv, "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+    meta = json.loads((labels / "tah_labels.json").read_text())
+    assert meta["complete"]
+    assert loading.is_converted(loading.gguf_cache_dir(tiny_gguf[0]))
+
+    raw = recipe_dict("standard", labels, tmp_path / "out", train={"max_steps": 1})
+    raw["model"] = {"base": str(tiny_gguf[0])}
+    recipe = write_recipe(tmp_path / "standard.yaml", raw)
+    assert main(["train", str(recipe), "--no-progress"]) == 0
+    assert (tmp_path / "out" / "final" / "config.json").is_file()
+    assert not (tmp_path / "out" / "final" / "trainer_state.pt").exists()
+
+
 # ----------------------------------------------------------------------- SmolLM2 (real model)
 SMOLLM2_PROMPTS = [
     "What is 12 times 3?",

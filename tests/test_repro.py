@@ -70,8 +70,13 @@ def test_quick_results_are_consistent(quick_run):
     # parameter matching: the pruned TaH is smaller than TaH+, which is larger than Standard
     assert methods["tah"]["params"] < methods["tahplus"]["params"]
     assert methods["standard"]["params"] < methods["tahplus"]["params"]
+    # the threshold sweep really ran at each tau, and one of its points is the main run's tau
+    sweep = results["per_seed"]["0"]["sweep"]["tahplus"]
+    assert sorted(sweep) == ["0.5", "0.9"]
+    assert sweep["0.5"]["iter_share"] >= sweep["0.9"]["iter_share"]
+    assert results["base_accuracy"]["mean"] is not None
     table = (quick_run / "results.md").read_text()
-    assert "| TaH+ |" in table and "oracle" in table
+    assert "| TaH+ |" in table and "oracle" in table and "Decider threshold" in table
 
 
 def test_rerun_resumes_without_recomputing(quick_run):

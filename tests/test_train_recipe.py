@@ -162,3 +162,15 @@ def test_missing_tracker_package_is_refused_up_front():
         pytest.skip("tensorboard is installed here")
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         check_trackers(["tensorboard"])
+
+
+def test_unquoted_yaml_no_for_mixed_precision_means_no(tmp_path):
+    raw = base(tmp_path)
+    raw["train"]["mixed_precision"] = "MP"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("mixed_precision: MP", "mixed_precision: no"))
+    assert yaml.safe_load(path.read_text())["train"]["mixed_precision"] is False
+    assert load_recipe(path).train.mixed_precision == "no"
+    raw["train"]["mixed_precision"] = True
+    with pytest.raises(ConfigError, match="train.mixed_precision must be str, got True"):
+        recipe_from_dict(raw)

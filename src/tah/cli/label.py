@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip (and count) malformed records instead of stopping at the first one",
     )
     model = parser.add_argument_group("reference model")
-    model.add_argument("--model", required=True, help="reference model: HF directory or hub id")
+    model.add_argument(
+        "--model", required=True, help="reference model: HF directory, hub id or .gguf file"
+    )
     model.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     model.add_argument(
         "--chat-template", help="Jinja chat template file overriding the tokenizer's"
@@ -108,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]skipped {records.skipped} malformed records[/], e.g.:")
         for problem in records.problems[:3]:
             console.print(f"  {problem}")
+    from tah.model.loading import resolve_model_source
+
+    # a .gguf file becomes its dequantised directory (converted once, then cached)
+    args.model = resolve_model_source(args.model)
+    if args.tokenizer:
+        args.tokenizer = resolve_model_source(args.tokenizer)
     tokenizer = load_tokenizer(args.tokenizer or args.model, chat_template=args.chat_template)
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(

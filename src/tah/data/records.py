@@ -99,7 +99,7 @@ def load_records(
                 f"{path}: {path.suffix} files are not read as records; convert to JSON Lines "
                 "or save a datasets directory with Dataset.save_to_disk"
             )
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     elif path.is_dir():
         rows = _dataset_rows(_load_from_disk(path, split), str(path))
     elif _looks_like_hub_id(text):
@@ -175,12 +175,12 @@ def _looks_like_hub_id(text: str) -> bool:
     return bool(_HUB_ID.match(text))
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     """Yield (origin, decoded object or None, error message or None) per non-blank line."""
     try:
         handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise DataError(f"cannot read records file {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {exc}") from None
     with handle:
         lineno = 0
         while True:

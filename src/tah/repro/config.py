@@ -22,8 +22,9 @@ class ReproConfig:
     preset: str = "tiny"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # ---- task (tah.data.synthetic): the test problems are the same for every seed
-    difficulty: list[int] = field(default_factory=lambda: [2, 3])
-    data_seed: int = 1234
+    difficulty: list[int] = field(default_factory=lambda: [1, 2])
+    # 2025 for the reported table; the settings were tuned on data_seed=1234 (other problems)
+    data_seed: int = 2025
     n_train: int = 8000
     n_test: int = 300
     n_calib: int = 128  # prune calibration: the first n_calib training records
@@ -36,9 +37,9 @@ class ReproConfig:
     head_dim: int = 32
     # ---- budgets: optimiser steps of batch_size sequences
     batch_size: int = 32
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 1000
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 300  # Standard, AlwaysThink, TaH stage 1, TaH+ stage 1: equal
+    finetune_steps: int = 400  # Standard, AlwaysThink, TaH stage 1, TaH+ stage 1: equal
     finetune_lr: float = 1e-3
     stage2_steps: int = 200
     stage2_lr: float = 1e-3
@@ -56,8 +57,12 @@ class ReproConfig:
     decider_hidden_dims: list[int] = field(default_factory=lambda: [64, 64])
     decider_expansion: int = 2
     decider_dropout: float = 0.0
-    threshold: float = 0.8  # METHOD C.2 (stage-2 recipes use tau = 0.8)
+    # tau: the reference recipes use 0.8 (METHOD C.2); 0.95 was chosen on the tuning data
+    threshold: float = 0.95
     # ---- evaluation
+    # tah sweep of TaH and TaH+ over these thresholds on the test problems: shown next to the
+    # table so that no choice of tau can hide a result (empty list = no sweep)
+    sweep_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.99])
     max_new_tokens: int = 128
     eval_batch_size: int = 50
     token_acc_limit: int | None = None  # labelled test rows scored per model (None = all)
@@ -89,8 +94,9 @@ class ReproConfig:
             raise ConfigError("num_layers must be >= 2: the parameter-matched TaH prunes one")
         if self.num_heads * self.head_dim < 1 or self.num_heads % self.num_kv_heads:
             raise ConfigError("num_heads must be a multiple of num_kv_heads")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+        for tau in [self.threshold, *self.sweep_thresholds]:
+            if not 0.0 <= float(tau) <= 1.0:
+                raise ConfigError(f"thresholds must be in [0, 1], got {tau}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_new_tokens": 48,
         "eval_batch_size": 16,
         "token_acc_limit": 16,
+        "sweep_thresholds": [0.5, 0.9],
     },
 }
 

@@ -111,10 +111,22 @@ def collect_results(config: ReproConfig, out: str | Path, data_info: dict[str, A
                 "supervised_hard_ratio": stats.get("supervised_hard_ratio"),
                 "supervised_tokens": stats.get("supervised_tokens"),
             }
+        sweeps = {}
+        for key in ("tah", "tahplus"):
+            sweep = _read(sd / "sweep" / key / "sweep.json") or {}
+            sweeps[key] = {
+                f"{p['tau']:g}": {
+                    "accuracy": p.get("mean_accuracy"),
+                    "iter_share": p.get("mean_iter_share"),
+                }
+                for p in sweep.get("points", [])
+            }
         prune = _read(sd / "pruned" / "prune_report.json") or {}
         base_log = _read_last_train(sd / "base" / "train_log.jsonl")
         per_seed[str(seed)] = {
             "methods": row,
+            "base": _eval_numbers(_read(sd / "eval" / "base" / "summary.json")),
+            "sweep": sweeps,
             "labels": labels,
             "pruned_layer": prune.get("removed"),
             "prune_ppl": [prune.get("base_ppl"), prune.get("pruned_ppl")],
@@ -128,8 +140,22 @@ def collect_results(config: ReproConfig, out: str | Path, data_info: dict[str, A
             values = [per_seed[s]["methods"][key].get(column) for s in per_seed]
             mean, std = _mean_std(values)
             aggregate[key][column] = {"mean": mean, "std": std, "values": values}
+    base_acc = _mean_std([per_seed[s]["base"].get("accuracy") for s in per_seed])
+    sweep_agg: dict[str, dict[str, Any]] = {}
+    for key in ("tah", "tahplus"):
+        taus = sorted({t for s in per_seed.values() for t in s["sweep"][key]}, key=float)
+        sweep_agg[key] = {}
+        for tau in taus:
+            points = [s["sweep"][key].get(tau, {}) for s in per_seed.values()]
+            entry = {}
+            for metric in ("accuracy", "iter_share"):
+                mean, std = _mean_std([p.get(metric) for p in points])
+                entry[metric] = {"mean": mean, "std": std}
+            sweep_agg[key][tau] = entry
     return {
         "config": config.to_dict(),
+        "base_accuracy": {"mean": base_acc[0], "std": base_acc[1]},
+        "sweep": sweep_agg,
         "data": data_info,
         "methods": [
             {"key": m.key, "label": m.label, "description": m.description} for m in METHODS
@@ -210,9 +236,38 @@ def rich_table(results: dict[str, Any]) -> Any:
     return table
 
 
+def sweep_table(results: dict[str, Any]) -> str:
+    """Answer accuracy and share iterating against τ for TaH and TaH+ (mean ± std)."""
+    sweep = results.get("sweep") or {}
+    taus = sorted({t for v in sweep.values() for t in v}, key=float)
+    if not taus:
+        return ""
+    standard = results["aggregate"]["standard"]["accuracy"]
+    lines = [
+        "| τ | TaH answer acc. (%) | TaH iterating (%) | TaH+ answer acc. (%) "
+        "| TaH+ iterating (%) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for tau in taus:
+        cells = [tau]
+        for key in ("tah", "tahplus"):
+            entry = sweep.get(key, {}).get(tau)
+            if entry is None:
+                cells += ["–", "–"]
+                continue
+            cells.append(_cell(entry["accuracy"], 100.0, 1))
+            cells.append(_cell(entry["iter_share"], 100.0, 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nStandard, for reference: {_cell(standard, 100.0, 1)} % "
+        f"(τ = 1 would be the stage-1 backbone alone)."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _stage_of(job: str) -> str:
     step = job.split("/", 1)[-1]
-    for prefix in ("eval", "tokens", "label"):
+    for prefix in ("eval", "tokens", "label", "sweep"):
         if step.startswith(prefix):
             return prefix
     return step
@@ -242,7 +297,9 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
     methods = results["methods"]
     agg = results["aggregate"]
     labels = [m["label"] for m in methods]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    sweep = results.get("sweep") or {}
+    panels = 4 if any(sweep.values()) else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8))
     for ax, column, title in (
         (axes[0], "accuracy", "answer accuracy (%)"),
         (axes[1], "hard_acc", "hard-token accuracy (%)"),
@@ -261,6 +318,20 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
         finite = [v for v in means if v > 0]
         if column == "easy_acc" and finite:
             ax.set_ylim(max(0.0, min(finite) - 3), 100)
+    if panels == 4:
+        ax = axes[3]
+        for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
+            taus = sorted(sweep.get(key, {}), key=float)
+            ys = [sweep[key][t]["accuracy"]["mean"] for t in taus]
+            pts = [(float(t), 100 * y) for t, y in zip(taus, ys) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label)
+        standard = agg["standard"]["accuracy"]["mean"]
+        if standard is not None:
+            ax.axhline(100 * standard, color="black", ls="--", lw=1, label="Standard")
+        ax.set(xlabel="decider threshold τ", title="answer accuracy (%) vs τ")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     seeds = len(results["per_seed"])
     fig.suptitle(f"tah repro {results['config']['preset']}: mean ± std over {seeds} seed(s)")
     fig.tight_layout()
@@ -289,7 +360,8 @@ def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         f"Seeds {seeds}; {results['data'].get('test')} held-out problems (difficulty "
         f"{config['difficulty']}), greedy decoding; hard tokens = tokens the pretrained base "
         f"mispredicts ({hard_text} of the supervised test tokens). Pruned layers per seed: "
-        f"{layers}.",
+        f"{layers}. The pretrained base, before any fine-tuning, answers "
+        f"{_cell(results.get('base_accuracy') or {}, 100.0, 1)} % correctly.",
         "",
         markdown_table(results),
         "¹ Teacher-forced only: the stage-1 model with the reference labels deciding which "
@@ -303,6 +375,16 @@ def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         "(base + LoRA + decider).",
         "",
     ]
+    sweep = sweep_table(results)
+    if sweep:
+        text += [
+            "## Decider threshold",
+            "",
+            f"The table uses τ = {config['threshold']:g}, fixed before the test problems were "
+            "looked at. Every other τ of the sweep, on the same test problems:",
+            "",
+            sweep,
+        ]
     if results.get("timings"):
         text += ["## Time per step", "", timing_table(results["timings"])]
     with atomic_file(paths["md"], "w", encoding="utf-8") as handle:

@@ -279,6 +279,70 @@ def build_jobs(config: ReproConfig, out: Path, vocab: int) -> list[Job]:
                 0.5,
             )
         )
+        eval_args = [
+            "--datasets",
+            str(data / "test.jsonl"),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            str(config.max_new_tokens),
+            "--batch-size",
+            str(config.eval_batch_size),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--overwrite",
+            "--no-progress",
+        ]
+        # the pretrained base before any fine-tuning: where every method starts from
+        jobs.append(
+            Job(
+                name=name("eval_base"),
+                log=logs / "eval_base.log",
+                argv=[
+                    "eval",
+                    "--model",
+                    base,
+                    "--output",
+                    str(sd / "eval" / "base"),
+                    "--name",
+                    "Base",
+                    *eval_args,
+                ],
+                deps=[name("pretrain")],
+                done=sd / "eval" / "base" / "summary.json",
+                progress=_eval_progress(sd / "eval" / "base", config.n_test),
+                cost=30.0,
+            )
+        )
+        if config.sweep_thresholds:
+            taus = ",".join(f"{t:g}" for t in config.sweep_thresholds)
+            for method in METHODS:
+                if method.key not in ("tah", "tahplus"):
+                    continue
+                sweep_dir = sd / "sweep" / method.key
+                jobs.append(
+                    Job(
+                        name=name(f"sweep_{method.key}"),
+                        log=logs / f"sweep_{method.key}.log",
+                        argv=[
+                            "sweep",
+                            "--model",
+                            str(model_dir(out, seed, method)),
+                            "--thresholds",
+                            taus,
+                            "--output",
+                            str(sweep_dir),
+                            "--name",
+                            method.label,
+                            *eval_args,
+                        ],
+                        deps=[name(method.final_job)],
+                        done=sweep_dir / "sweep.json",
+                        cost=30.0 * len(config.sweep_thresholds),
+                    )
+                )
         for method in METHODS:
             model = model_dir(out, seed, method)
             run_dir = sd / "eval" / method.key
@@ -290,24 +354,11 @@ def build_jobs(config: ReproConfig, out: Path, vocab: int) -> list[Job]:
                         "eval",
                         "--model",
                         str(model),
-                        "--datasets",
-                        str(data / "test.jsonl"),
-                        "--temperature",
-                        "0",
-                        "--max-new-tokens",
-                        str(config.max_new_tokens),
-                        "--batch-size",
-                        str(config.eval_batch_size),
-                        "--device",
-                        "cpu",
-                        "--dtype",
-                        "float32",
                         "--output",
                         str(run_dir),
                         "--name",
                         method.label,
-                        "--overwrite",
-                        "--no-progress",
+                        *eval_args,
                     ],
                     deps=[name(method.final_job)],
                     done=run_dir / "summary.json",

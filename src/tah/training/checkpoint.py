@@ -116,14 +116,26 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer,
     model: Any = None,
+    with_state: bool = True,
 ) -> None:
     """Write model + trainer state to ``target`` atomically; every process must call this.
 
     ``save_model(dir)`` writes the model (main process only; under FSDP inside a context that
     gathers the full parameters on it, which needs the wrapped ``model``). ``state`` holds
     counters and the scheduler state; optimiser state and per-process RNG states are added here.
+    ``with_state=False`` writes the model alone: the finished run's ``final/`` is something to
+    load and ship, and nothing resumes from it, so it need not carry the optimiser (2x the
+    trainable parameters).
     """
     target = Path(target)
+    if not with_state:
+        accelerator.wait_for_everyone()
+        with _full_parameters(accelerator, model):
+            if accelerator.is_main_process:
+                with atomic_dir(target) as tmp:
+                    save_model(tmp)
+        accelerator.wait_for_everyone()
+        return
     sharded = is_sharded(accelerator)
     rng_all = _gather_objects(rng_state(), accelerator)
     opt_state = None if sharded else optimizer.state_dict()

@@ -16,7 +16,6 @@ The labelled format and the row -> features rule (METHOD.md B.4) belong to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tah.data.records import jsonl_rows
 from tah.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -192,34 +192,25 @@ def _from_jsonl(
 ) -> TrainingData:
     rows: list[dict[str, Any]] = []
     skipped, problems, long_, none_ = 0, [], 0, 0
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        lineno = 0
-        while True:
-            try:
-                line = handle.readline()
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                row = _parse_row(line, f"{path}:{lineno}", len(rows))
-            except DataError as exc:
-                if on_bad_line == "error":
-                    raise DataError(
-                        f"{exc} (set data.on_bad_line: skip to skip and count bad lines)"
-                    ) from None
-                skipped += 1
-                if len(problems) < _PROBLEMS_KEPT:
-                    problems.append(str(exc))
-                continue
-            verdict = _select(row["mask"], row["mismatch"], max_length, action, require_hard)
-            long_ += verdict == "long"
-            none_ += verdict == "empty"
-            if verdict == "keep":
-                rows.append(row)
+    for origin, obj, error in jsonl_rows(path):
+        try:
+            if error is not None:
+                raise DataError(error)
+            row = _parse_row(obj, origin, len(rows))
+        except DataError as exc:
+            if on_bad_line == "error":
+                raise DataError(
+                    f"{exc} (set data.on_bad_line: skip to skip and count bad lines)"
+                ) from None
+            skipped += 1
+            if len(problems) < _PROBLEMS_KEPT:
+                problems.append(str(exc))
+            continue
+        verdict = _select(row["mask"], row["mismatch"], max_length, action, require_hard)
+        long_ += verdict == "long"
+        none_ += verdict == "empty"
+        if verdict == "keep":
+            rows.append(row)
     if skipped:
         log.warning("%s: skipped %d malformed lines, e.g. %s", path, skipped, problems[0])
     return TrainingData(
@@ -227,11 +218,7 @@ def _from_jsonl(
     )
 
 
-def _parse_row(line: str, origin: str, index: int) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{origin}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+def _parse_row(obj: Any, origin: str, index: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DataError(f"{origin}: expected a JSON object, got {type(obj).__name__}")
     arrays = {}

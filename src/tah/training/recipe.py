@@ -441,6 +441,8 @@ def _coerce(value: Any, typ: Any, key: str, where: str) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
+        if value is False and key.endswith("mixed_precision"):
+            return "no"  # YAML 1.1 reads an unquoted `no` as false; it can only mean "no"
     else:  # pragma: no cover - schema uses only the types above
         return value
     raise ConfigError(f"{key} must be {_type_name(typ)}, got {value!r}{where}")

@@ -153,7 +153,7 @@ def train(
             }
         )
 
-    def save(target: Path) -> None:
+    def save(target: Path, with_state: bool = True) -> None:
         epoch, step_in_epoch = divmod(global_step, plan.steps_per_epoch)
         state = {
             "global_step": global_step,
@@ -175,6 +175,7 @@ def train(
             state,
             optimizer,
             model,
+            with_state=with_state,
         )
 
     # ---------------------------------------------------------------- the loop
@@ -259,7 +260,7 @@ def train(
     final_dir = out_dir / FINAL_DIR
     in_sync = distributed.ranks_in_sync(unwrapped, accelerator)
     if global_step >= total_steps:
-        save(final_dir)
+        save(final_dir, with_state=False)
     if accelerator.is_main_process:
         end = {"event": "end", "step": global_step, "finished": global_step >= total_steps}
         if in_sync is not None:
