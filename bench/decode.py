@@ -1,7 +1,11 @@
 """Decode throughput of the TaH engine, side by side with the reference loops.
 
-    python bench/decode.py [--size quick|small|medium] [--batches 1 8 16 32] [--threads 1]
+    python bench/decode.py [--size quick|small|medium|1.7b] [--batches 1 8 16 32] [--threads 1]
                            [--mode fixed|continuous] [--cpu-time] [--systems ...] [--out F]
+                           [--device cpu|cuda] [--dtype float32|bfloat16]
+
+On a GPU: ``python bench/decode.py --device cuda --dtype bfloat16 --size 1.7b`` (a random-weight
+model of Qwen3-1.7B's shape; timings synchronise the device).
 
 For one random-weight Qwen3-shaped model (``small`` is the shape of ``bench/core.py``) it
 measures, at each batch size B, tokens/s of
@@ -41,10 +45,13 @@ SIZES = {
                   num_attention_heads=8, num_key_value_heads=4, head_dim=64),
     "medium": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=12,
                    vocab_size=16384, num_attention_heads=16, num_key_value_heads=8, head_dim=64),
+    # Qwen3-1.7B's shape (for the GPU machine; about 2 B parameters with the untied vocab)
+    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                 vocab_size=151936, num_attention_heads=16, num_key_value_heads=8, head_dim=128),
 }  # fmt: skip
 
 
-def build_models(size: str = "small", seed: int = 0):
+def build_models(size: str = "small", seed: int = 0, device: str = "cpu", dtype=torch.float32):
     """A random Qwen3-shaped model and its TaH version (MLP decider, LoRA r=16).
 
     The decider reads hidden-state index 0 only (the token's input embedding, one of the
@@ -67,6 +74,7 @@ def build_models(size: str = "small", seed: int = 0):
     with torch.no_grad():
         for p in tah.lora_parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    tah.to(device=device, dtype=dtype)  # moves the wrapped HF model too
     return hf, tah
 
 
@@ -90,15 +98,22 @@ def calibrate(tah, engine, prompts: list[list[int]], new_tokens: int, rate: floa
         probs = []
         with torch.no_grad():
             for p, o in zip(prompts, outs):
-                res = tah(torch.tensor([p + o.token_ids]), max_depth=1)
+                ids = torch.tensor([p + o.token_ids], device=tah.device)
+                res = tah(ids, max_depth=1)
                 probs.append(torch.sigmoid(res.decider_logits[0, len(p) - 1 : -1, 0].float()))
         threshold = float(torch.quantile(torch.cat(probs), 1 - rate))
     return threshold
 
 
 class Clock:
-    def __init__(self, cpu: bool) -> None:
-        self.now = time.process_time if cpu else time.perf_counter
+    def __init__(self, cpu: bool, device: str = "cpu") -> None:
+        self.cpu = cpu
+        self.cuda = device.startswith("cuda")
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()  # kernels run asynchronously: time what has finished
+        return time.process_time() if self.cpu else time.perf_counter()
 
 
 def best_time(repeats: int, clock: Clock, fn, *args):
@@ -125,7 +140,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    hf, tah = build_models(args.size)
+    dtype = getattr(torch, args.dtype)
+    hf, tah = build_models(args.size, device=args.device, dtype=dtype)
     vocab = hf.config.vocab_size
     max_batch = max(args.batches)
     max_len = args.prompt_len + args.new_tokens
@@ -139,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     threshold = calibrate(tah, engine, prompts_for(8), args.new_tokens, args.iter_rate)
     tah.set_threshold(threshold)
     engine.threshold = threshold
-    clock = Clock(args.cpu_time)
+    clock = Clock(args.cpu_time, args.device)
     rounds = args.rounds if args.mode == "continuous" else 1
 
     def hf_run(batches):
@@ -183,7 +199,10 @@ def run(args: argparse.Namespace) -> dict:
         task = progress.add_task("measuring", total=len(args.batches) * len(args.systems))
         for b in args.batches:
             prompts = prompts_for(b * rounds)
-            batches = [torch.tensor(prompts[i : i + b]) for i in range(0, len(prompts), b)]
+            batches = [
+                torch.tensor(prompts[i : i + b], device=args.device)
+                for i in range(0, len(prompts), b)
+            ]
             for eng in (plain, engine):  # warm-up (allocations, first-call costs)
                 eng.generate(prompts[:b], SamplingParams(max_tokens=4))
             n_tokens = len(prompts) * args.new_tokens
@@ -215,7 +234,8 @@ def run(args: argparse.Namespace) -> dict:
     table = Table(
         title=f"decode tokens/s: {args.size} model ({params / 1e6:.1f} M parameters, decider "
         f"{decider / 1e6:.2f} M), {args.mode} batching, {'CPU' if args.cpu_time else 'wall'} "
-        f"time, {torch.get_num_threads()} thread(s), threshold {threshold:.4f}"
+        f"time, {args.device} {args.dtype}, {torch.get_num_threads()} thread(s), "
+        f"threshold {threshold:.4f}"
     )
     columns = [("batch", "batch", "{:d}")]
     columns += [(f"{s}_tok_s", s, "{:.0f}") for s in SYSTEMS]
@@ -260,7 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here")
+    if args.cpu_time and args.device != "cpu":
+        parser.error("--cpu-time measures host CPU time; use it with --device cpu")
     result = run(args)
     if not args.out:
         print(json.dumps(result["rows"], indent=1))

@@ -38,13 +38,13 @@ def test_demo_json_is_consistent(capsys):
 
 
 def test_demo_solves_sample_problems(capsys):
-    """The shipped model really learned the task. It scores about 35 % on held-out problems
-    (repro.json); an untrained model of this size solves essentially none."""
+    """The shipped model really learned the task. It scores about 49 % on held-out problems
+    (repro.json) and solves 5 of these 8; an untrained model of this size solves none."""
     correct = 0
     for seed in range(8):
         assert main(["demo", "--json", "--seed", str(seed)]) == 0
         correct += bool(json.loads(capsys.readouterr().out)["correct"])
-    assert correct >= 2, f"only {correct} of 8 demo problems solved"
+    assert correct >= 3, f"only {correct} of 8 demo problems solved"
 
 
 def test_demo_pretty_output_and_decider_override(capsys):

@@ -95,7 +95,10 @@ def test_export_and_demo_on_the_exported_checkpoint(quick_run, tmp_path, capsys)
 
     dest = export_checkpoint(quick_run, 0, tmp_path / "tiny-tah")
     facts = json.loads((dest / "repro.json").read_text())
-    assert facts["seed"] == 0 and facts["method"] == "TaH" and facts["difficulty"] == [1]
+    assert facts["seed"] == 0 and facts["method"] == "TaH+" and facts["difficulty"] == [1]
+    assert not (dest / "trainer_state.pt").exists()
+    pruned = export_checkpoint(quick_run, 0, tmp_path / "tiny-tah-pruned", method="tah")
+    assert json.loads((pruned / "repro.json").read_text())["method"] == "TaH"
     model = TaHForCausalLM.from_pretrained(dest)
     assert model.config.decider == "mlp" and model.tokenizer is not None
     assert main(["demo", "--model", str(dest), "--json", "--max-new-tokens", "8"]) == 0

@@ -54,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
     from tah.cli.generate import encode_prompt
     from tah.cli.render import print_generation, token_pieces
     from tah.data.synthetic import generate_problem
     from tah.errors import ConfigError
     from tah.model.loading import bundled_model_path, load_model_from_cli
+
+    hf_logging.disable_progress_bar()  # a 1 MB model loads instantly: no "Loading weights" bar
 
     torch.set_flush_denormal(True)
     if args.max_new_tokens < 1:

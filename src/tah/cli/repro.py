@@ -35,10 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export",
         metavar="DIR",
-        help="afterwards, copy the TaH checkpoint of --export-seed to DIR (with repro.json)",
+        help="afterwards, copy a TaH checkpoint of --export-seed to DIR (with repro.json)",
     )
     parser.add_argument(
         "--export-seed", type=int, default=None, help="seed to export (default: the first)"
+    )
+    parser.add_argument(
+        "--export-method",
+        choices=("tahplus", "tah"),
+        default="tahplus",
+        help="which TaH model to export: tahplus (unpruned, what tah demo ships) or tah (pruned)",
     )
 
 
@@ -79,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         from tah.repro.export import export_checkpoint
 
         seed = config.seeds[0] if args.export_seed is None else args.export_seed
-        path = export_checkpoint(output, seed, args.export)
-        console.print(f"exported the TaH checkpoint of seed {seed} to {path}")
+        path = export_checkpoint(output, seed, args.export, method=args.export_method)
+        console.print(f"exported the {args.export_method} checkpoint of seed {seed} to {path}")
     return 0

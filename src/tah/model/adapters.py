@@ -9,6 +9,8 @@ so :class:`LoraSwitch` flips only the per-layer "disabled" flag that peft's forw
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -40,6 +42,17 @@ class LoraSwitch:
         self.enabled = enabled
 
 
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft calls transformers' deprecated ``is_gradient_checkpointing``; that FutureWarning is
+    for peft's maintainers, not for our users, so it is silenced around peft's wrapping only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        yield
+
+
 def add_lora(model: nn.Module, config: TaHConfig) -> PeftModel:
     """Wrap ``model`` with a fresh LoRA adapter as configured."""
     lora_config = LoraConfig(
@@ -49,7 +62,8 @@ def add_lora(model: nn.Module, config: TaHConfig) -> PeftModel:
         target_modules=config.lora_target_modules,
         bias="none",
     )
-    return get_peft_model(model, lora_config)
+    with _quiet_peft():
+        return get_peft_model(model, lora_config)
 
 
 def load_lora(model: nn.Module, lora_dir: str | Path) -> PeftModel:
@@ -60,7 +74,8 @@ def load_lora(model: nn.Module, lora_dir: str | Path) -> PeftModel:
             f"{lora_dir} has no adapter_config.json: the LoRA adapter of this TaH checkpoint is "
             "missing (expected a PEFT adapter directory)"
         )
-    return PeftModel.from_pretrained(model, lora_dir, is_trainable=True)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, lora_dir, is_trainable=True)
 
 
 def lora_settings(peft_model: PeftModel) -> dict:

@@ -16,7 +16,9 @@ from tah.repro.tiny import METHODS, model_dir
 __all__ = ["export_checkpoint"]
 
 
-def export_checkpoint(out: str | Path, seed: int, dest: str | Path, method: str = "tah") -> Path:
+def export_checkpoint(
+    out: str | Path, seed: int, dest: str | Path, method: str = "tahplus"
+) -> Path:
     """Copy one seed's final TaH checkpoint to ``dest`` with a ``repro.json`` saying where it
     came from and how it scored (this is how the bundled ``tah demo`` model was made)."""
     import shutil
@@ -45,6 +47,8 @@ def export_checkpoint(out: str | Path, seed: int, dest: str | Path, method: str 
     )
     with atomic_dir(dest) as tmp:
         for item in source.iterdir():
+            if item.name == "trainer_state.pt":  # resume state: not part of a shipped model
+                continue
             target = tmp / item.name
             if item.is_dir():
                 shutil.copytree(item, target)
