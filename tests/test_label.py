@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tah.data.labeling import (
-    LabelSettings,
-    build_features,
-    encode_records,
-    label_records,
-    load_labels,
-    load_training_dataset,
-)
+from tah.data.encoding import encode_records
+from tah.data.label_features import build_features, load_labels, load_training_dataset
+from tah.data.labeling import LabelSettings, label_records
 from tah.data.records import Record
 from tah.errors import ConfigError, DataError
 

@@ -149,7 +149,7 @@ def test_trial_removal_restores_the_model(model):
 def test_prune_removes_harmless_layer_and_reloads(tmp_path, tok, model, records):
     from transformers import AutoModelForCausalLM
 
-    from tah.data.labeling import encode_records
+    from tah.data.encoding import encode_records
     from tah.data.records import parse_record
 
     recs = [parse_record(r, index=i, origin="t") for i, r in enumerate(records)]

@@ -146,7 +146,7 @@ def test_token_accuracy_of_plain_model_matches_hf_argmax(quick_run):
     """A plain checkpoint scored through the TaH forward equals the HF model's own argmax."""
     from transformers import AutoModelForCausalLM
 
-    from tah.data.labeling import load_labels
+    from tah.data.label_features import load_labels
     from tah.repro.token_accuracy import token_accuracy
 
     model_dir = quick_run / "seed0" / "standard" / "final"

@@ -91,7 +91,7 @@ def reference_logits(model, ids: list[int], iter_labels: list[int]) -> torch.Ten
 
 def test_stage1_loss_equals_hand_computed_ce_at_oracle_depths(tmp_path, stage1_start):
     from tah import TaHForCausalLM
-    from tah.data.labeling import build_features
+    from tah.data.label_features import build_features
 
     rows = random_rows(8, seed=11, hard_p=0.35)
     data = write_rows(tmp_path / "train.jsonl", rows)

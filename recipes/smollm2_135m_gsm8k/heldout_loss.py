@@ -38,7 +38,7 @@ def heldout_ce(
     import torch
     import torch.nn.functional as F
 
-    from tah.data.labeling import build_features, load_labels
+    from tah.data.label_features import build_features, load_labels
 
     data, _ = load_labels(labels_dir, tokenizer=model.tokenizer)
     max_iter = model.config.max_iter

@@ -39,7 +39,7 @@ def decider_scores(model: Any, labels_dir: str, max_length: int | None = None) -
     """(continue-probabilities, hard flags) over the supervised tokens of a labels directory."""
     import torch
 
-    from tah.data.labeling import load_labels
+    from tah.data.label_features import load_labels
 
     data, _ = load_labels(labels_dir, tokenizer=model.tokenizer)
     probs, hard = [], []

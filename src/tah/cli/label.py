@@ -66,18 +66,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from tah.data.labeling import (
-        LabelSettings,
+    from tah.data.labeling import LabelSettings, label_records, report_table
+    from tah.data.records import load_records
+    from tah.data.reference import (
         check_vocab,
-        label_records,
         load_causal_lm,
         load_model_config,
         load_tokenizer,
-        report_table,
         resolve_device,
         resolve_dtype,
     )
-    from tah.data.records import load_records
 
     settings = LabelSettings(
         max_length=args.max_length,

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from tah.data.labeling import (
+    from tah.data.reference import (
         check_vocab,
         load_causal_lm,
         load_model_config,

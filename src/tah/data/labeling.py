@@ -2,12 +2,13 @@
 
 Nothing in transformers or datasets does this job, and the reference script (METHOD B.3/H.14)
 has the problems we fix here: a hard-coded ``<think>`` id, one sample per forward, per-token
-Python lists in RAM and no resume. This module (1) renders each record with the tokenizer's chat
-template and finds the supervised span by comparing token prefixes, never by known ids; (2) runs
-the model on length-sorted, right-padded batches and takes the argmax/entropy from the final
-hidden states in chunks, so no (B, T, V) logits tensor is ever materialised; (3) writes
-fixed-size Arrow shards atomically so a killed run resumes where it stopped and gives the same
-output; (4) turns labelled rows into training features (METHOD B.4).
+Python lists in RAM and no resume. The pieces: :mod:`tah.data.encoding` renders each record with
+the tokenizer's chat template and finds the supervised span by comparing token prefixes, never
+by known ids; this module runs the model on length-sorted, right-padded batches and takes the
+argmax/entropy from the final hidden states in chunks, so no (B, T, V) logits tensor is ever
+materialised, and writes fixed-size Arrow shards atomically, so a killed run resumes where it
+stopped and gives the same output; :mod:`tah.data.label_features` turns labelled rows into
+training features (METHOD B.4); :mod:`tah.data.reference` loads and checks the reference model.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import logging
 import os
 import shutil
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tah.data.encoding import EncodedSample, apply_length_policy, encode_records
 from tah.data.records import Record
-from tah.errors import CheckpointError, ConfigError, DataError
+from tah.data.reference import check_vocab, tokenizer_fingerprint
+from tah.errors import ConfigError, DataError
 from tah.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -36,242 +39,9 @@ METADATA_FILE = "tah_labels.json"
 SHARDS_DIR = "shards"
 SHARD_STATS_FILE = "shard_stats.json"
 STRATEGIES = ("mismatch", "all")
-LENGTH_ACTIONS = ("truncate", "drop")
 # Logits computed at once by next_token_stats, per device type. On CPU 2**22 fp32 values
 # (16 MiB) measured fastest: bigger temporaries are mmap'ed and page-faulted on every chunk.
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
-
-# ============================================================== tokenizer / model plumbing
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
-    """Identify a tokenizer by content: labels are only valid for the exact id mapping used."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
-    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return {
-        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
-        "vocab_size": len(tokenizer),
-        "vocab_sha256": digest,
-        "chat_template_sha256": hashlib.sha256(str(template).encode("utf-8")).hexdigest(),
-    }
-
-
-def check_label_tokenizer(metadata: Mapping[str, Any], tokenizer: Any) -> None:
-    """Raise :class:`DataError` when labels were made with a different vocabulary."""
-    made = metadata.get("tokenizer") or {}
-    now = tokenizer_fingerprint(tokenizer)
-    if made.get("vocab_sha256") != now["vocab_sha256"]:
-        raise DataError(
-            f"labels were made with tokenizer {made.get('name_or_path')!r} (vocab "
-            f"{made.get('vocab_size')}, sha256 {str(made.get('vocab_sha256'))[:12]}) but the "
-            f"given tokenizer {now['name_or_path']!r} (vocab {now['vocab_size']}, sha256 "
-            f"{now['vocab_sha256'][:12]}) differs; relabel with `tah label` using this tokenizer"
-        )
-
-
-def check_vocab(tokenizer: Any, embedding_rows: int, model_name: str) -> None:
-    """Refuse a tokenizer whose ids index past the model's embedding matrix."""
-    if len(tokenizer) > int(embedding_rows):
-        raise DataError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has {len(tokenizer)} ids "
-            f"but model {model_name!r} has only {embedding_rows} embedding rows; use the "
-            "tokenizer that belongs to the model (--tokenizer)"
-        )
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(name: str, device: str) -> Any:
-    """``auto`` is fp32 on CPU (bf16 matmuls are slow and lossy there) and bf16 on GPUs."""
-    import torch
-
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if name == "auto":
-        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    if name not in table:
-        raise ConfigError(f"dtype must be one of {['auto', *table]}, got {name!r}")
-    return table[name]
-
-
-def _check_model_source(name_or_path: str, *, needs_config: bool = True) -> None:
-    """Local paths must exist (and hold a config); anything else is passed on as a hub id."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if needs_config and not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} has no config.json; expected a Hugging Face model dir")
-        return
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise CheckpointError(f"no such directory: {name_or_path!r}")
-
-
-def load_model_config(name_or_path: str) -> Any:
-    """Read only the config (cheap), so vocabulary checks run before any weights load."""
-    from transformers import AutoConfig
-
-    _check_model_source(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the model config of {name_or_path!r}: {exc}") from None
-
-
-def load_causal_lm(name_or_path: str, *, dtype: str = "auto", device: str = "auto") -> Any:
-    """Load a Hugging Face causal LM (local directory or hub id) in eval mode on ``device``."""
-    from transformers import AutoModelForCausalLM
-
-    _check_model_source(name_or_path)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load causal LM {name_or_path!r}: {exc}") from None
-    return model.to(device).eval()
-
-
-def load_tokenizer(name_or_path: str, *, chat_template: str | None = None) -> Any:
-    """Load a tokenizer; ``chat_template`` (a Jinja file path or string) overrides its template."""
-    from transformers import AutoTokenizer
-
-    _check_model_source(name_or_path, needs_config=False)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load tokenizer {name_or_path!r}: {exc}") from None
-    if chat_template:
-        path = Path(chat_template).expanduser()
-        tokenizer.chat_template = (
-            path.read_text(encoding="utf-8") if path.is_file() else chat_template
-        )
-    return tokenizer
-
-
-# ============================================================== encoding and the supervised span
-
-
-@dataclass
-class EncodedSample:
-    """A record rendered by the chat template; positions >= ``span_start`` are supervised."""
-
-    data_id: int
-    record_id: str
-    input_ids: np.ndarray
-    span_start: int
-    truncated: bool = False
-
-
-def _common_prefix(a: Sequence[int], b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(np.asarray(a[:n]) != b[:n])
-    return int(diff[0]) if diff.size else n
-
-
-def special_token_id(tokenizer: Any, token: str | None) -> int | None:
-    """The id of ``token`` if the tokenizer knows it as one token, else None."""
-    if not token:
-        return None
-    tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id):
-        return None
-    return int(tid)
-
-
-def encode_records(
-    tokenizer: Any,
-    records: Sequence[Record],
-    *,
-    think_token: str | None = "<think>",
-    chunk: int = 256,
-) -> list[EncodedSample]:
-    """Render records as [user: question, assistant: solution] and locate the supervised span.
-
-    The assistant turn starts where the full rendering stops agreeing (token by token) with the
-    rendering of the user turn alone; content starts where it stops agreeing with the user turn
-    plus the generation prompt. The span is from the first ``think_token`` inside the assistant
-    turn when there is one (METHOD B.3), otherwise from the first assistant-content token.
-    Token prefixes (not string offsets) make this robust to merges at the boundary.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
-            "pass one with --chat-template FILE"
-        )
-    think_id = special_token_id(tokenizer, think_token)
-    out: list[EncodedSample] = []
-    for start in range(0, len(records), chunk):
-        part = records[start : start + chunk]
-        users = [[{"role": "user", "content": r.question}] for r in part]
-        fulls = [u + [{"role": "assistant", "content": r.solution}] for u, r in zip(users, part)]
-        try:
-            texts = {
-                "full": tokenizer.apply_chat_template(fulls, tokenize=False),
-                "user": tokenizer.apply_chat_template(users, tokenize=False),
-                "prompt": tokenizer.apply_chat_template(
-                    users, tokenize=False, add_generation_prompt=True
-                ),
-            }
-        except Exception as exc:  # jinja raises its own types (TemplateError, TypeError, ...)
-            raise DataError(
-                f"the chat template of {getattr(tokenizer, 'name_or_path', '?')!r} failed on "
-                f"records {part[0].origin or part[0].index}..: {type(exc).__name__}: {exc}; "
-                "fix the template or pass --chat-template"
-            ) from None
-        ids = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}
-        for i, rec in enumerate(part):
-            full = np.asarray(ids["full"][i], dtype=np.int32)
-            turn = _common_prefix(ids["user"][i], full)
-            content = _common_prefix(ids["prompt"][i], full)
-            span = content
-            if think_id is not None:
-                hits = np.flatnonzero(full[turn:] == think_id)
-                if hits.size:
-                    span = turn + int(hits[0])
-            out.append(EncodedSample(rec.index, rec.record_id, full, span))
-    return out
-
-
-@dataclass
-class LengthReport:
-    kept: int = 0
-    truncated: int = 0
-    dropped_too_long: int = 0
-    dropped_no_span: int = 0
-
-
-def apply_length_policy(
-    samples: Sequence[EncodedSample], max_length: int | None, truncate: bool
-) -> tuple[list[EncodedSample], LengthReport]:
-    """Truncate or drop over-long samples; drop samples left without a supervised token."""
-    kept: list[EncodedSample] = []
-    rep = LengthReport()
-    for s in samples:
-        if max_length is not None and len(s.input_ids) > max_length:
-            if not truncate:
-                rep.dropped_too_long += 1
-                continue
-            s = EncodedSample(s.data_id, s.record_id, s.input_ids[:max_length], s.span_start, True)
-            rep.truncated += 1
-        if s.span_start >= len(s.input_ids):
-            rep.dropped_no_span += 1
-            continue
-        kept.append(s)
-    rep.kept = len(kept)
-    return kept, rep
-
 
 # ============================================================== reference-model statistics
 
@@ -726,175 +496,3 @@ def report_table(report: LabelReport) -> Any:
     for name, value in rows:
         table.add_row(name, value)
     return table
-
-
-# ============================================================== labelled rows → training features
-
-
-def load_labels(path: str | os.PathLike, *, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Open a finished ``tah label`` directory as one memory-mapped ``datasets.Dataset``.
-
-    With ``tokenizer`` the labels' tokenizer fingerprint must match (:class:`DataError`
-    otherwise). Incomplete runs and empty results are refused with a message saying what to do.
-    """
-    import datasets
-
-    out = Path(path)
-    meta_path = out / METADATA_FILE
-    if not meta_path.is_file():
-        raise DataError(
-            f"{out} is not a tah labels directory (no {METADATA_FILE}); run `tah label`"
-        )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != LABELS_FORMAT:
-        raise DataError(f"{meta_path}: unknown labels format {meta.get('format')!r}")
-    n_shards = int(meta["plan"]["shards"])
-    dirs = [out / SHARDS_DIR / f"shard-{k:05d}" for k in range(n_shards)]
-    missing = sum(not d.is_dir() for d in dirs)
-    if not meta.get("complete") or missing:
-        raise DataError(
-            f"labelling in {out} is incomplete ({n_shards - missing} of {n_shards} shards); rerun "
-            "the same `tah label` command to resume"
-        )
-    if tokenizer is not None:
-        check_label_tokenizer(meta, tokenizer)
-    parts = [datasets.load_from_disk(str(d)) for d in dirs]
-    data = datasets.concatenate_datasets(parts) if parts else None
-    if data is None or len(data) == 0:
-        raise DataError(f"{out} holds no labelled samples")
-    return data, meta
-
-
-def _check_strategy(max_iter: int, strategy: str, query_iter: int) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"iteration-label strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not 1 <= query_iter <= max_iter:
-        raise ConfigError(f"query_iter must be in [1, max_iter={max_iter}], got {query_iter!r}")
-
-
-def build_features(
-    row: Mapping[str, Any],
-    *,
-    max_iter: int = 2,
-    strategy: str = "mismatch",
-    seed: int = 0,
-    query_iter: int = 1,
-    max_length: int | None = None,
-) -> dict[str, list[int]]:
-    """Turn one labelled row into ``input_ids``, ``attention_mask``, ``labels``, ``iter_labels``.
-
-    ``labels`` are the ids with -100 where mask == 0 (unshifted; the loss shifts).
-    ``iter_labels`` (METHOD B.4) is the oracle depth per position: ``query_iter`` on prompt
-    positions, 1 on easy supervised tokens; hard supervised tokens (mask & mismatch) get 2 when
-    ``max_iter`` is 2 and a uniform integer in [2, max_iter] for deeper models, drawn from a
-    generator seeded by (seed, data_id) so a row always gets the same depths. A mismatch value
-    v > 1 is read as "v extra iterations" (depth v + 1). Strategy ``all`` gives every
-    supervised token depth ``max_iter`` (the AlwaysThink baseline). ``max_iter`` 1 gives all 1.
-    """
-    _check_strategy(max_iter, strategy, query_iter)
-    ids = np.asarray(row["input_ids"], dtype=np.int64)[:max_length]
-    mask = np.asarray(row["mask"], dtype=np.int64)[:max_length]
-    mismatch = np.asarray(row["mismatch"], dtype=np.int64)[:max_length]
-    if not (len(ids) == len(mask) == len(mismatch)):
-        raise DataError(f"row {row.get('data_id')}: input_ids, mask and mismatch lengths differ")
-    labels = np.where(mask == 1, ids, -100)
-    depth = np.where(mask == 1, 1, query_iter)
-    if max_iter > 1:
-        supervised = mask == 1
-        if strategy == "all":
-            depth[supervised] = max_iter
-        else:
-            hard = supervised & (mismatch >= 1)
-            if int(mismatch.max(initial=0)) > 1:
-                extra = mismatch[hard] + 1
-                if int(extra.max()) > max_iter:
-                    raise DataError(
-                        f"row {row.get('data_id')}: mismatch holds {int(extra.max()) - 1} extra "
-                        f"iterations but max_iter is {max_iter}"
-                    )
-                depth[hard] = np.where(mismatch[hard] > 1, extra, 2)
-            elif max_iter == 2:
-                depth[hard] = 2
-            else:
-                rng = np.random.default_rng([int(seed), int(row.get("data_id", 0))])
-                depth[hard] = rng.integers(2, max_iter + 1, size=int(hard.sum()))
-    return {
-        "input_ids": ids.tolist(),
-        "attention_mask": [1] * len(ids),
-        "labels": labels.tolist(),
-        "iter_labels": depth.tolist(),
-    }
-
-
-def load_training_dataset(
-    path: str | os.PathLike,
-    *,
-    tokenizer: Any = None,
-    max_iter: int = 2,
-    strategy: str = "mismatch",
-    max_length: int | None = None,
-    length_action: str = "truncate",
-    seed: int = 0,
-    query_iter: int = 1,
-    require_hard: bool = True,
-) -> Any:
-    """Labelled rows as a training ``datasets.Dataset`` (features built lazily per access).
-
-    Rows longer than ``max_length`` are truncated (``length_action="truncate"``) or dropped
-    (``"drop"``). With ``require_hard`` a row is kept only if, after truncation, it has a
-    supervised hard token (strategy ``mismatch``) or any supervised token (``all``), as in
-    METHOD B.4. Items are dicts from :func:`build_features`; nothing is written to disk.
-    """
-    _check_strategy(max_iter, strategy, query_iter)
-    if length_action not in LENGTH_ACTIONS:
-        raise ConfigError(f"length_action must be one of {LENGTH_ACTIONS}, got {length_action!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-        raise ConfigError(f"max_length must be an integer >= 2 or unset, got {max_length!r}")
-    data, _ = load_labels(path, tokenizer=tokenizer)
-    keep: list[int] = []
-    dropped_long = no_target = 0
-    table = data.select_columns(["mask", "mismatch"]).with_format("numpy")
-    for start in range(0, len(data), 1024):
-        chunk = table[start : start + 1024]
-        for j, (mask, mismatch) in enumerate(zip(chunk["mask"], chunk["mismatch"])):
-            if max_length is not None and len(mask) > max_length:
-                if length_action == "drop":
-                    dropped_long += 1
-                    continue
-                mask, mismatch = mask[:max_length], mismatch[:max_length]
-            target = (
-                mask.astype(bool) if strategy == "all" else (mask & (mismatch >= 1)).astype(bool)
-            )
-            if require_hard and not target.any():
-                no_target += 1
-                continue
-            keep.append(start + j)
-    log.info(
-        "training rows: %d kept of %d (%d dropped as too long, %d without a target token)",
-        len(keep),
-        len(data),
-        dropped_long,
-        no_target,
-    )
-    if not keep:
-        raise DataError(f"{path}: no training rows left after filtering (max_length={max_length})")
-    options = {
-        "max_iter": max_iter,
-        "strategy": strategy,
-        "seed": seed,
-        "query_iter": query_iter,
-        "max_length": max_length,
-    }
-
-    def transform(batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        feats = [build_features(r, **options) for r in rows]
-        return {
-            k: [f[k] for f in feats]
-            for k in ("input_ids", "attention_mask", "labels", "iter_labels")
-        }
-
-    selected = data.select(keep, keep_in_memory=True)
-    return selected.with_transform(transform)

@@ -66,7 +66,7 @@ def prepare_data(config: ReproConfig, out: Path) -> dict[str, Any]:
 
     The pretraining split, the fine-tuning split and the test problems never share a problem.
     """
-    from tah.data.labeling import encode_records
+    from tah.data.encoding import encode_records
     from tah.data.records import load_records
     from tah.data.synthetic import generate_splits, write_jsonl
     from tah.data.tokenizer import build_task_tokenizer, load_tokenizer, save_tokenizer

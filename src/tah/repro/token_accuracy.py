@@ -128,7 +128,7 @@ def token_accuracy(
     """
     import torch
 
-    from tah.data.labeling import build_features, load_labels
+    from tah.data.label_features import build_features, load_labels
     from tah.errors import ConfigError
     from tah.model.checkpoint import load_model
 

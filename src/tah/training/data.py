@@ -54,7 +54,7 @@ class TrainingData:
 
     def examples(self, indices: list[int]) -> list[dict[str, list[int]]]:
         """Training examples (``input_ids``, ``labels``, ``iter_labels``) of the given rows."""
-        from tah.data.labeling import build_features
+        from tah.data.label_features import build_features
 
         if isinstance(self.rows, list):
             raw = [self.rows[i] for i in indices]
@@ -161,7 +161,7 @@ def load_training_data(
 def _from_labels_dir(
     path: Path, tokenizer: Any, max_length: int, action: str, require_hard: bool
 ) -> TrainingData:
-    from tah.data.labeling import load_labels
+    from tah.data.label_features import load_labels
 
     table, meta = load_labels(path, tokenizer=tokenizer)
     if tokenizer is None and meta.get("tokenizer"):

@@ -87,7 +87,9 @@ def load_calibration(
     ``score="assistant"`` scores only the supervised span (what TaH is trained on);
     ``"all"`` scores every token after the first, as the reference script did.
     """
-    from tah.data.labeling import METADATA_FILE, encode_records, load_labels
+    from tah.data.encoding import encode_records
+    from tah.data.label_features import load_labels
+    from tah.data.labeling import METADATA_FILE
     from tah.data.records import load_records
 
     if score not in SCORE_MODES:

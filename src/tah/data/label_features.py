@@ -1,0 +1,190 @@
+"""Labelled rows → training features (METHOD B.4): a finished `tah label` directory opened as one
+memory-mapped ``datasets.Dataset``, and per-token targets and iteration labels built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tah.data.encoding import LENGTH_ACTIONS
+from tah.data.labeling import LABELS_FORMAT, METADATA_FILE, SHARDS_DIR, STRATEGIES
+from tah.data.reference import check_label_tokenizer
+from tah.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def load_labels(path: str | os.PathLike, *, tokenizer: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Open a finished ``tah label`` directory as one memory-mapped ``datasets.Dataset``.
+
+    With ``tokenizer`` the labels' tokenizer fingerprint must match (:class:`DataError`
+    otherwise). Incomplete runs and empty results are refused with a message saying what to do.
+    """
+    import datasets
+
+    out = Path(path)
+    meta_path = out / METADATA_FILE
+    if not meta_path.is_file():
+        raise DataError(
+            f"{out} is not a tah labels directory (no {METADATA_FILE}); run `tah label`"
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != LABELS_FORMAT:
+        raise DataError(f"{meta_path}: unknown labels format {meta.get('format')!r}")
+    n_shards = int(meta["plan"]["shards"])
+    dirs = [out / SHARDS_DIR / f"shard-{k:05d}" for k in range(n_shards)]
+    missing = sum(not d.is_dir() for d in dirs)
+    if not meta.get("complete") or missing:
+        raise DataError(
+            f"labelling in {out} is incomplete ({n_shards - missing} of {n_shards} shards); rerun "
+            "the same `tah label` command to resume"
+        )
+    if tokenizer is not None:
+        check_label_tokenizer(meta, tokenizer)
+    parts = [datasets.load_from_disk(str(d)) for d in dirs]
+    data = datasets.concatenate_datasets(parts) if parts else None
+    if data is None or len(data) == 0:
+        raise DataError(f"{out} holds no labelled samples")
+    return data, meta
+
+
+def _check_strategy(max_iter: int, strategy: str, query_iter: int) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"iteration-label strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not 1 <= query_iter <= max_iter:
+        raise ConfigError(f"query_iter must be in [1, max_iter={max_iter}], got {query_iter!r}")
+
+
+def build_features(
+    row: Mapping[str, Any],
+    *,
+    max_iter: int = 2,
+    strategy: str = "mismatch",
+    seed: int = 0,
+    query_iter: int = 1,
+    max_length: int | None = None,
+) -> dict[str, list[int]]:
+    """Turn one labelled row into ``input_ids``, ``attention_mask``, ``labels``, ``iter_labels``.
+
+    ``labels`` are the ids with -100 where mask == 0 (unshifted; the loss shifts).
+    ``iter_labels`` (METHOD B.4) is the oracle depth per position: ``query_iter`` on prompt
+    positions, 1 on easy supervised tokens; hard supervised tokens (mask & mismatch) get 2 when
+    ``max_iter`` is 2 and a uniform integer in [2, max_iter] for deeper models, drawn from a
+    generator seeded by (seed, data_id) so a row always gets the same depths. A mismatch value
+    v > 1 is read as "v extra iterations" (depth v + 1). Strategy ``all`` gives every
+    supervised token depth ``max_iter`` (the AlwaysThink baseline). ``max_iter`` 1 gives all 1.
+    """
+    _check_strategy(max_iter, strategy, query_iter)
+    ids = np.asarray(row["input_ids"], dtype=np.int64)[:max_length]
+    mask = np.asarray(row["mask"], dtype=np.int64)[:max_length]
+    mismatch = np.asarray(row["mismatch"], dtype=np.int64)[:max_length]
+    if not (len(ids) == len(mask) == len(mismatch)):
+        raise DataError(f"row {row.get('data_id')}: input_ids, mask and mismatch lengths differ")
+    labels = np.where(mask == 1, ids, -100)
+    depth = np.where(mask == 1, 1, query_iter)
+    if max_iter > 1:
+        supervised = mask == 1
+        if strategy == "all":
+            depth[supervised] = max_iter
+        else:
+            hard = supervised & (mismatch >= 1)
+            if int(mismatch.max(initial=0)) > 1:
+                extra = mismatch[hard] + 1
+                if int(extra.max()) > max_iter:
+                    raise DataError(
+                        f"row {row.get('data_id')}: mismatch holds {int(extra.max()) - 1} extra "
+                        f"iterations but max_iter is {max_iter}"
+                    )
+                depth[hard] = np.where(mismatch[hard] > 1, extra, 2)
+            elif max_iter == 2:
+                depth[hard] = 2
+            else:
+                rng = np.random.default_rng([int(seed), int(row.get("data_id", 0))])
+                depth[hard] = rng.integers(2, max_iter + 1, size=int(hard.sum()))
+    return {
+        "input_ids": ids.tolist(),
+        "attention_mask": [1] * len(ids),
+        "labels": labels.tolist(),
+        "iter_labels": depth.tolist(),
+    }
+
+
+def load_training_dataset(
+    path: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    max_iter: int = 2,
+    strategy: str = "mismatch",
+    max_length: int | None = None,
+    length_action: str = "truncate",
+    seed: int = 0,
+    query_iter: int = 1,
+    require_hard: bool = True,
+) -> Any:
+    """Labelled rows as a training ``datasets.Dataset`` (features built lazily per access).
+
+    Rows longer than ``max_length`` are truncated (``length_action="truncate"``) or dropped
+    (``"drop"``). With ``require_hard`` a row is kept only if, after truncation, it has a
+    supervised hard token (strategy ``mismatch``) or any supervised token (``all``), as in
+    METHOD B.4. Items are dicts from :func:`build_features`; nothing is written to disk.
+    """
+    _check_strategy(max_iter, strategy, query_iter)
+    if length_action not in LENGTH_ACTIONS:
+        raise ConfigError(f"length_action must be one of {LENGTH_ACTIONS}, got {length_action!r}")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+        raise ConfigError(f"max_length must be an integer >= 2 or unset, got {max_length!r}")
+    data, _ = load_labels(path, tokenizer=tokenizer)
+    keep: list[int] = []
+    dropped_long = no_target = 0
+    table = data.select_columns(["mask", "mismatch"]).with_format("numpy")
+    for start in range(0, len(data), 1024):
+        chunk = table[start : start + 1024]
+        for j, (mask, mismatch) in enumerate(zip(chunk["mask"], chunk["mismatch"])):
+            if max_length is not None and len(mask) > max_length:
+                if length_action == "drop":
+                    dropped_long += 1
+                    continue
+                mask, mismatch = mask[:max_length], mismatch[:max_length]
+            target = (
+                mask.astype(bool) if strategy == "all" else (mask & (mismatch >= 1)).astype(bool)
+            )
+            if require_hard and not target.any():
+                no_target += 1
+                continue
+            keep.append(start + j)
+    log.info(
+        "training rows: %d kept of %d (%d dropped as too long, %d without a target token)",
+        len(keep),
+        len(data),
+        dropped_long,
+        no_target,
+    )
+    if not keep:
+        raise DataError(f"{path}: no training rows left after filtering (max_length={max_length})")
+    options = {
+        "max_iter": max_iter,
+        "strategy": strategy,
+        "seed": seed,
+        "query_iter": query_iter,
+        "max_length": max_length,
+    }
+
+    def transform(batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        feats = [build_features(r, **options) for r in rows]
+        return {
+            k: [f[k] for f in feats]
+            for k in ("input_ids", "attention_mask", "labels", "iter_labels")
+        }
+
+    selected = data.select(keep, keep_in_memory=True)
+    return selected.with_transform(transform)
