@@ -195,6 +195,24 @@ def test_config_overrides_and_errors():
         ReproConfig().with_overrides(["pretrain_steps=0"])
     with pytest.raises(ConfigError, match="preset"):
         preset("huge")
+    for bad, message in (
+        ("seeds=[a, b]", "seeds must be integers"),
+        ("seeds=[1, 1]", "distinct"),
+        ("seeds=[]", "non-empty"),
+        ("threshold=abc", "threshold must be a number"),
+        ("sweep_thresholds=[0.5, 2]", r"\[0, 1\]"),
+        ("difficulty=[x]", "difficulty must be a list of numbers"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ReproConfig().with_overrides([bad])
+
+
+def test_cli_rejects_non_integer_seeds_before_running_anything(tmp_path, capsys):
+    from tah.cli import main
+
+    assert main(["repro", "tiny", "--seeds", "a,b", "--output", str(tmp_path / "r")]) != 0
+    assert "seeds must be integers" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_report_mean_and_std(tmp_path):

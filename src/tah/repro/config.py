@@ -71,8 +71,20 @@ class ReproConfig:
     threads: int = 1
 
     def validate(self) -> None:
-        if not self.seeds:
-            raise ConfigError("seeds is empty; give at least one seed, e.g. --seeds 0")
+        if not isinstance(self.seeds, list) or not self.seeds:
+            raise ConfigError("seeds must be a non-empty list of integers, e.g. --seeds 0,1,2")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ConfigError(f"seeds must be integers, e.g. --seeds 0,1,2; got {self.seeds}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        for name in ("difficulty", "sweep_thresholds", "decider_hidden_dims"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            ):
+                raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
+        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
+            raise ConfigError(f"threshold must be a number, got {self.threshold!r}")
         for name in (
             "n_train",
             "n_test",
@@ -136,7 +148,10 @@ class ReproConfig:
             value = yaml.safe_load(text)
             current = getattr(self, key)
             if isinstance(current, float) and isinstance(value, (int, str)):
-                value = float(value)
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"--set {item!r}: {key} must be a number") from None
             changes[key] = value
         new = dataclasses.replace(self, **changes)
         new.validate()

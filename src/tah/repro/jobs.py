@@ -214,7 +214,8 @@ def run_jobs(
                 if pending and not any(all(d in results for d in j.deps) for j in pending):
                     if all(any(d in failed for d in j.deps) for j in pending):
                         continue
-                    raise TaHError(f"jobs can never start (dependency cycle): {pending}")
+                    names = ", ".join(j.name for j in pending)
+                    raise TaHError(f"jobs can never start (dependency cycle): {names}")
                 continue
             done, _ = cf.wait(list(running), timeout=1.0, return_when=cf.FIRST_COMPLETED)
             for future, (job, task) in list(running.items()):
