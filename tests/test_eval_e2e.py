@@ -233,3 +233,12 @@ def test_tah_threshold_sweep_end_to_end(files, tiny_models):
     assert (out / "sweep.png").stat().st_size > 1000
     assert _summary(out / "tau-0")["backend_info"]["threshold"] == 0.0
     assert (out / "sweep.md").read_text().startswith("| τ |")
+
+
+@pytest.mark.parametrize("backend", ["hf", "tah"])
+def test_missing_local_model_is_named_before_any_output(tmp_path, capsys, backend):
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(tmp_path / "no-such-model"), "--backend", backend]
+    assert main([*argv, "--datasets", "gsm8k", "--output", str(out)]) != 0
+    assert f"no model at {tmp_path / 'no-such-model'}" in capsys.readouterr().err
+    assert not out.exists()

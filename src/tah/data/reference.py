@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tah.errors import CheckpointError, ConfigError, DataError
+from tah.errors import CheckpointError, DataError
+from tah.model.loading import resolve_device, resolve_dtype
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -50,33 +51,6 @@ def check_vocab(tokenizer: Any, embedding_rows: int, model_name: str) -> None:
             f"but model {model_name!r} has only {embedding_rows} embedding rows; use the "
             "tokenizer that belongs to the model (--tokenizer)"
         )
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(name: str, device: str) -> Any:
-    """``auto`` is fp32 on CPU (bf16 matmuls are slow and lossy there) and bf16 on GPUs."""
-    import torch
-
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if name == "auto":
-        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    if name not in table:
-        raise ConfigError(f"dtype must be one of {['auto', *table]}, got {name!r}")
-    return table[name]
 
 
 def _check_model_source(name_or_path: str, *, needs_config: bool = True) -> None:

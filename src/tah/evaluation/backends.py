@@ -34,6 +34,7 @@ from typing import Any
 from tah.errors import CheckpointError, ConfigError
 from tah.evaluation.prompts import has_chat_template
 from tah.evaluation.sampling import SamplingParams, make_hf_processor
+from tah.model.loading import resolve_device, resolve_dtype
 
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
 
@@ -123,32 +124,6 @@ class Backend:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise ConfigError(f"--dtype {dtype!r} unknown; use auto, float32, bfloat16 or float16")
-    return table[dtype]
-
-
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
@@ -453,10 +428,21 @@ class ScriptedBackend(Backend):
 
 
 # ---------------------------------------------------------------------------------- factory
+def check_local_model(model_path: str) -> None:
+    """A path that can only be local (``/x``, ``./x``, ``~/x``, ``a/b/c``) must exist; otherwise
+    transformers would try it as a hub id and fail with a message about repo-id syntax."""
+    text = str(model_path)
+    local = text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if local and not Path(text).expanduser().exists():
+        raise CheckpointError(f"no model at {text}: no such file or directory")
+
+
 def make_backend(kind: str, model_path: str, options: BackendOptions | None = None) -> Backend:
     """Build a backend by name; options are consumed, leftovers are an error."""
     options = options or BackendOptions()
     options = BackendOptions(**{**asdict(options), "extra": dict(options.extra)})
+    if kind in ("hf", "tah", "softthink", "oracle"):
+        check_local_model(model_path)
     if kind == "hf":
         return HFBackend(model_path, options)
     if kind == "tah":

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tah.errors import ConfigError, TaHError
-from tah.evaluation.backends import BackendOptions, make_backend
+from tah.evaluation.backends import BackendOptions, check_local_model, make_backend
 from tah.evaluation.datasets import EvalDataset, load_eval_dataset
 from tah.evaluation.grading import Grader
 from tah.evaluation.prompts import PROMPT_STYLES, render_prompt
@@ -84,6 +84,8 @@ class EvalConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        if self.backend in ("hf", "tah", "softthink", "oracle"):
+            check_local_model(self.model)  # before any output directory is made
         if self.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
         if self.jobs < 1:

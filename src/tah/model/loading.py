@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tah.errors import CheckpointError
+from tah.errors import CheckpointError, ConfigError
 from tah.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -244,3 +244,31 @@ def load_model_from_cli(
     else:
         path = resolve_model_source(model, gguf_file)
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` is the GPU when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(name: str, device: str) -> Any:
+    """``auto`` is fp32 on CPU (bf16 matmuls are slow and lossy there) and bf16 on GPUs."""
+    import torch
+
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if name == "auto":
+        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    if name not in table:
+        raise ConfigError(f"dtype must be one of {['auto', *table]}, got {name!r}")
+    return table[name]
