@@ -2,7 +2,7 @@
 
     python bench/decode.py [--size quick|small|medium|1.7b] [--batches 1 8 16 32] [--threads 1]
                            [--mode fixed|continuous] [--cpu-time] [--systems ...] [--out F]
-                           [--device cpu|cuda] [--dtype float32|bfloat16]
+                           [--device cpu|cuda] [--dtype float32|bfloat16] [--compile MODE]
 
 On a GPU: ``python bench/decode.py --device cuda --dtype bfloat16 --size 1.7b`` (a random-weight
 model of Qwen3-1.7B's shape; timings synchronise the device).
@@ -145,8 +145,9 @@ def run(args: argparse.Namespace) -> dict:
     vocab = hf.config.vocab_size
     max_batch = max(args.batches)
     max_len = args.prompt_len + args.new_tokens
-    plain = Engine.from_hf_model(hf, max_batch=max_batch, max_len=max_len, eos_token_ids=[])
-    engine = Engine.from_tah_model(tah, max_batch=max_batch, max_len=max_len, eos_token_ids=[])
+    common = dict(max_batch=max_batch, max_len=max_len, eos_token_ids=[], compile_mode=args.compile)
+    plain = Engine.from_hf_model(hf, **common)
+    engine = Engine.from_tah_model(tah, **common)
     gen = torch.Generator().manual_seed(7)
 
     def prompts_for(n: int) -> list[list[int]]:
@@ -281,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default=None,
+        help="torch.compile the engines' layer stacks (warm-up runs absorb the compilation)",
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -168,3 +168,22 @@ def test_compact_decoder_logits_match_hf():
             ours = dec.logits(hidden)
             ref = hf(ids).logits
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # torch.compile takes about half a minute on the CI CPU
+def test_compiled_layer_stack_matches_core():
+    model = tah_model("mlp")
+    prompts = make_prompts()
+    engine = Engine.from_tah_model(
+        model, max_batch=3, max_len=64, prefill_chunk=5, eos_token_ids=[], compile_mode="default"
+    )
+    got = engine_run(engine, prompts, 10)
+    assert got == core_batched(model, prompts, 10, [])
+    assert {c for _, cs in got for c in cs} == {1, 2}
+
+
+def test_unknown_compile_mode_is_refused():
+    from tah.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile_mode must be one of"):
+        Engine.from_tah_model(tah_model("never"), max_batch=1, compile_mode="fastest")

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shutdown-timeout", type=float, default=30.0, help="seconds to finish requests on exit"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without one")
+    parser.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        default=None,
+        help="torch.compile the layer stack (for GPUs; it did not help on CPU)",
+    )
 
 
 def build_app(args: argparse.Namespace):
@@ -65,6 +71,7 @@ def build_app(args: argparse.Namespace):
         dtype=dtype,
         seed=args.seed,
         model_name=name,
+        compile_mode=getattr(args, "compile", None),
     )
     return create_app(
         engine,

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 WAITING, PREFILL, RUNNING, FINISHED = "waiting", "prefill", "running", "finished"
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
 @dataclass
 class TokenEvent:
     """What a request receives after a step: new tokens, and whether it is done."""
@@ -109,6 +112,8 @@ class Engine:
 
     Build with :meth:`from_tah_model`, :meth:`from_hf_model` or :meth:`from_pretrained`.
     ``max_batch`` rows of ``max_len`` positions are allocated up front for every depth.
+    ``compile_mode`` (None = eager) runs the layer stack through ``torch.compile``; see
+    :meth:`~tah.engine.model.CompactDecoder.enable_compile`.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class Engine:
         seed: int = 0,
         tokenizer: Any = None,
         model_name: str = "tah",
+        compile_mode: str | None = None,
     ) -> None:
         from tah.model.wrapper import soft_embedding
 
@@ -134,6 +140,12 @@ class Engine:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if prefill_chunk < 1:
             raise ConfigError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if compile_mode is not None:
+            if compile_mode not in COMPILE_MODES:
+                raise ConfigError(
+                    f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}"
+                )
+            decoder.enable_compile(compile_mode)
         self.decoder = decoder
         self.shape = decoder.shape
         self.device = decoder.device
