@@ -34,7 +34,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,69 +41,21 @@ from torch import Tensor
 
 from tah.engine.kv import KVStore
 from tah.engine.model import CompactDecoder
+from tah.engine.request import (
+    FINISHED,
+    PREFILL,
+    WAITING,
+    Completion,
+    Request,
+    TokenEvent,
+)
 from tah.engine.sampling import SamplingParams, filter_probs, make_generator, sample_rows
-from tah.engine.step import LastToken, Pending, run_step
+from tah.engine.step import run_step
 from tah.errors import ConfigError, DataError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
-WAITING, PREFILL, RUNNING, FINISHED = "waiting", "prefill", "running", "finished"
-
-
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-@dataclass
-class TokenEvent:
-    """What a request receives after a step: new tokens, and whether it is done."""
-
-    request_id: str
-    token_ids: list[int]
-    iter_counts: list[int]
-    finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
-    error: str | None = None
-
-
-@dataclass
-class Request:
-    request_id: str
-    prompt: list[int]
-    params: SamplingParams
-    callback: Callable[[TokenEvent], None] | None = None
-    output: list[int] = field(default_factory=list)
-    iter_counts: list[int] = field(default_factory=list)
-    state: str = WAITING
-    row: int = -1
-    prefilled: int = 0
-    finish_reason: str | None = None
-    error: str | None = None
-    arrival: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    generator: torch.Generator | None = None
-    stop_ids: frozenset[int] = frozenset()
-    pending: list[Pending] = field(default_factory=list)  # prompt tokens still going deeper
-    last: LastToken | None = None  # the prompt's last token, once final
-    done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def finished(self) -> bool:
-        return self.state == FINISHED
-
-    @property
-    def avg_depth(self) -> float:
-        return sum(self.iter_counts) / len(self.iter_counts) if self.iter_counts else 0.0
-
-
-@dataclass
-class Completion:
-    """Result of :meth:`Engine.generate` for one prompt."""
-
-    token_ids: list[int]
-    iter_counts: list[int]
-    finish_reason: str | None
-    prompt_tokens: int
 
 
 class Engine:

@@ -32,8 +32,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tah.engine.engine import Engine, TokenEvent
+from tah.engine.engine import Engine
 from tah.engine.protocol import APIError, error_response, parse_body, prepare, sse_event
+from tah.engine.request import TokenEvent
 from tah.errors import TaHError
 
 logger = logging.getLogger(__name__)

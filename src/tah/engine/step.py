@@ -23,37 +23,19 @@ continue keep their cumulative logits and next input for the following step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from tah.engine.kv import Segments
+from tah.engine.request import RUNNING, LastToken, Pending
 
 if TYPE_CHECKING:
-    from tah.engine.engine import Engine, Request, TokenEvent
+    from tah.engine.engine import Engine
+    from tah.engine.request import Request, TokenEvent
 
 DECODE, PROMPT = 0, 1
-
-
-@dataclass
-class Pending:
-    """Prompt tokens of one request that run ``depth`` next (their earlier depths are done)."""
-
-    positions: list[int]
-    depth: int
-    cum: Tensor  # (m, V) cumulative logits so far
-    x: Tensor  # (m, H) soft-embedding input of the next pass
-
-
-@dataclass
-class LastToken:
-    """Output of a prompt's last token once it stops: what the first new token comes from."""
-
-    cum: Tensor  # (1, V)
-    greedy: int
-    count: int
 
 
 class StepBuilder:
@@ -332,8 +314,6 @@ def _finish_prompt(eng, b, cum, greedy_l, go_l, slot_of, kept, soft) -> None:
 def _start_decoding(eng, events) -> None:
     """Prefilling rows whose prompt is complete (every token at its final depth) sample
     their first token and join the decoding prefix, in row order."""
-    from tah.engine.engine import RUNNING
-
     while eng.n_dec < eng.n_rows:
         row = eng.n_dec
         req = eng.rows[row]
