@@ -77,15 +77,6 @@ def make_records(n: int, seed: int = 0, lo: int = 2, hi: int = 60) -> list[Recor
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and threads thrash on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()

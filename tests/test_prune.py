@@ -18,47 +18,15 @@ from tah.training.prune import (
     prune_layers,
     save_pruned,
 )
+from test_label import PLAIN_TEMPLATE, SPECIALS, WORDS, make_tokenizer
 
-WORDS = [f"w{i}" for i in range(40)]
-SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 HARMLESS = 2
 LAYER_TYPES = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
 
 
-def make_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + ["user", "assistant", "system"] + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
-    )
-    tok.chat_template = TEMPLATE
-    return tok
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and threads thrash on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return make_tokenizer()
+    return make_tokenizer(PLAIN_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
