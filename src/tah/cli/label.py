@@ -73,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
         load_causal_lm,
         load_model_config,
         load_tokenizer,
-        resolve_device,
-        resolve_dtype,
     )
+    from tah.model.loading import resolve_device, resolve_dtype, resolve_model_source
 
     settings = LabelSettings(
         max_length=args.max_length,
@@ -108,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]skipped {records.skipped} malformed records[/], e.g.:")
         for problem in records.problems[:3]:
             console.print(f"  {problem}")
-    from tah.model.loading import resolve_model_source
-
     # a .gguf file becomes its dequantised directory (converted once, then cached)
     args.model = resolve_model_source(args.model)
     if args.tokenizer:

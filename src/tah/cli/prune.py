@@ -52,9 +52,8 @@ def run(args: argparse.Namespace) -> int:
         load_causal_lm,
         load_model_config,
         load_tokenizer,
-        resolve_device,
-        resolve_dtype,
     )
+    from tah.model.loading import resolve_device, resolve_dtype
     from tah.training.prune import load_calibration, prune_layers, save_pruned, scores_table
 
     for name in ("max_samples", "batch_size", "num_prune"):

@@ -67,14 +67,6 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("output.progress=false")
     recipe = load_recipe(args.recipe, overrides)
-    if not args.dry_run:
-        from tah.model.loading import resolve_model_source
-
-        # model.base / model.tokenizer may name a .gguf file: train from its dequantised copy
-        for key in ("base", "tokenizer"):
-            value = getattr(recipe.model, key)
-            if isinstance(value, str) and value.endswith(".gguf"):
-                setattr(recipe.model, key, resolve_model_source(value))
     if args.dry_run:
         import yaml
 

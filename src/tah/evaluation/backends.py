@@ -428,9 +428,12 @@ class ScriptedBackend(Backend):
 
 
 # ---------------------------------------------------------------------------------- factory
-def check_local_model(model_path: str) -> None:
-    """A path that can only be local (``/x``, ``./x``, ``~/x``, ``a/b/c``) must exist; otherwise
-    transformers would try it as a hub id and fail with a message about repo-id syntax."""
+def check_local_model(kind: str, model_path: str) -> None:
+    """For the backends that load with transformers: a path that can only be local (``/x``,
+    ``./x``, ``~/x``, ``a/b/c``) must exist; otherwise transformers would try it as a hub id and
+    fail with a message about repo-id syntax."""
+    if kind not in ("hf", "tah", "softthink", "oracle"):
+        return
     text = str(model_path)
     local = text.startswith(("/", ".", "~")) or text.count("/") > 1
     if local and not Path(text).expanduser().exists():
@@ -441,8 +444,7 @@ def make_backend(kind: str, model_path: str, options: BackendOptions | None = No
     """Build a backend by name; options are consumed, leftovers are an error."""
     options = options or BackendOptions()
     options = BackendOptions(**{**asdict(options), "extra": dict(options.extra)})
-    if kind in ("hf", "tah", "softthink", "oracle"):
-        check_local_model(model_path)
+    check_local_model(kind, model_path)
     if kind == "hf":
         return HFBackend(model_path, options)
     if kind == "tah":

@@ -29,11 +29,10 @@ from tah.evaluation.backends import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
-    resolve_device,
-    resolve_dtype,
     stop_token_ids,
 )
 from tah.evaluation.sampling import RowSampler
+from tah.model.loading import resolve_device, resolve_dtype
 
 _PROBE = "Compute 12 + 30 = 42, then \\boxed{42}. Think step by step."
 

@@ -84,8 +84,7 @@ class EvalConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.backend in ("hf", "tah", "softthink", "oracle"):
-            check_local_model(self.model)  # before any output directory is made
+        check_local_model(self.backend, self.model)  # before any output directory is made
         if self.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
         if self.jobs < 1:

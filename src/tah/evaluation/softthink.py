@@ -38,11 +38,10 @@ from tah.evaluation.backends import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
-    resolve_device,
-    resolve_dtype,
     stop_token_ids,
 )
 from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
+from tah.model.loading import resolve_device, resolve_dtype
 
 SCOPES = ("auto", "think", "all", "none")
 

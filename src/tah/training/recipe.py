@@ -118,7 +118,9 @@ class TrainSection:
     # of processes, so the same recipe keeps its hyper-parameters on 1 or 8 GPUs.
     global_batch_size: int | None = None
     grad_accum: int | None = None
-    mixed_precision: str = "auto"  # auto = bf16 on a CUDA GPU that has it, else fp32
+    # auto = bf16 on a CUDA GPU that has it, else fp32. bool because YAML 1.1 reads an unquoted
+    # `no` as false; validate() turns that into "no"
+    mixed_precision: str | bool = "auto"
     gradient_checkpointing: bool = False
     seed: int = 420
     # Stage 1 / alwaysthink: if no token would iterate, force one (keeps LoRA in every graph).
@@ -264,6 +266,8 @@ class Recipe:
             _positive("train.global_batch_size", t.global_batch_size, where)
         if t.grad_accum is not None:
             _positive("train.grad_accum", t.grad_accum, where)
+        if t.mixed_precision is False:
+            t.mixed_precision = "no"
         _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION, where)
         if not out.dir:
             raise ConfigError(f"output.dir is required{where}")
@@ -441,8 +445,6 @@ def _coerce(value: Any, typ: Any, key: str, where: str) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
-        if value is False and key.endswith("mixed_precision"):
-            return "no"  # YAML 1.1 reads an unquoted `no` as false; it can only mean "no"
     else:  # pragma: no cover - schema uses only the types above
         return value
     raise ConfigError(f"{key} must be {_type_name(typ)}, got {value!r}{where}")

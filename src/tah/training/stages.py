@@ -284,6 +284,17 @@ def set_trainable(recipe: Recipe, model: nn.Module) -> list[str]:
     return names
 
 
+def resolve_gguf_sources(recipe: Recipe) -> None:
+    """``model.base`` / ``model.tokenizer`` may name a .gguf file: train from its dequantised
+    copy (converted once into the cache; parallel processes wait on the conversion lock)."""
+    from tah.model.loading import resolve_model_source
+
+    for key in ("base", "tokenizer"):
+        value = getattr(recipe.model, key)
+        if isinstance(value, str) and value.endswith(".gguf"):
+            setattr(recipe.model, key, resolve_model_source(value))
+
+
 def check_gradient_checkpointing(recipe: Recipe) -> None:
     """Refuse gradient checkpointing where it is unsafe (called before anything loads).
 

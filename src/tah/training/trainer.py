@@ -82,6 +82,7 @@ def train(
         accelerator.gradient_accumulation_steps = grad_accum
 
     # ---------------------------------------------------------------- checks before compute
+    stages.resolve_gguf_sources(recipe)
     stages.check_gradient_checkpointing(recipe)
     info = stages.describe_model(recipe, resume_dir)
     data = _load_data(recipe, recipe.data.train, info)
