@@ -266,6 +266,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tah.engine import COMPILE_MODES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="model preset")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--compile",
-        choices=("default", "reduce-overhead", "max-autotune"),
+        choices=COMPILE_MODES,
         default=None,
         help="torch.compile the engines' layer stacks (warm-up runs absorb the compilation)",
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tah.engine import COMPILE_MODES
 from tah.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without one")
     parser.add_argument(
         "--compile",
-        choices=("default", "reduce-overhead", "max-autotune"),
+        choices=COMPILE_MODES,
         default=None,
         help="torch.compile the layer stack (for GPUs; it did not help on CPU)",
     )

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Engine", "SamplingParams", "create_app"]
+__all__ = ["COMPILE_MODES", "Engine", "SamplingParams", "create_app"]
+
+# torch.compile modes the engine accepts (here, so the CLI can list them without loading torch)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tah.engine import COMPILE_MODES
 from tah.engine.kv import KVStore
 from tah.engine.model import CompactDecoder
 from tah.engine.request import (
@@ -54,8 +55,6 @@ from tah.engine.step import run_step
 from tah.errors import ConfigError, DataError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class Engine:

@@ -449,8 +449,8 @@ class CompactDecoder:
         structure. What compiles are the stretches between attentions (norms, projections,
         RoPE, MLP, LoRA), which fuse their elementwise work. Measured on the 2-core CPU it did
         not help (0.93-1.0x the eager tokens/s at 30 M parameters, 0.75x at 1.2 M: guards and
-        graph breaks cost as much as the fusion saves), so it is off by default; it is here for GPUs, where
-        ``mode="reduce-overhead"`` (CUDA graphs) is the setting to try.
+        graph breaks cost as much as the fusion saves), so it is off by default; it is here for
+        GPUs, where ``mode="reduce-overhead"`` (CUDA graphs) is the setting to try.
         """
         eager = self.forward_hidden
 
