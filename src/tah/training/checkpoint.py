@@ -128,17 +128,9 @@ def save_checkpoint(
     trainable parameters).
     """
     target = Path(target)
-    if not with_state:
-        accelerator.wait_for_everyone()
-        with _full_parameters(accelerator, model):
-            if accelerator.is_main_process:
-                with atomic_dir(target) as tmp:
-                    save_model(tmp)
-        accelerator.wait_for_everyone()
-        return
-    sharded = is_sharded(accelerator)
-    rng_all = _gather_objects(rng_state(), accelerator)
-    opt_state = None if sharded else optimizer.state_dict()
+    sharded = with_state and is_sharded(accelerator)
+    rng_all = _gather_objects(rng_state(), accelerator) if with_state else None
+    opt_state = optimizer.state_dict() if with_state and not sharded else None
     scratch = None
     if sharded:
         # All processes write their shards into a shared scratch directory first.
@@ -147,21 +139,24 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     with _full_parameters(accelerator, model):
         if accelerator.is_main_process:
-            payload = {
-                "format": STATE_FORMAT,
-                **state,
-                "optimizer": opt_state,
-                "rng": rng_all,
-                "sharded": sharded,
-            }
+            payload = None
+            if with_state:
+                payload = {
+                    "format": STATE_FORMAT,
+                    **state,
+                    "optimizer": opt_state,
+                    "rng": rng_all,
+                    "sharded": sharded,
+                }
             _write(target, save_model, payload, scratch)
     accelerator.wait_for_everyone()
 
 
-def _write(target: Path, save_model, payload: dict[str, Any], scratch: Path | None) -> None:
+def _write(target: Path, save_model, payload: dict[str, Any] | None, scratch: Path | None) -> None:
     with atomic_dir(target) as tmp:
         save_model(tmp)
-        torch.save(payload, tmp / STATE_FILE)
+        if payload is not None:
+            torch.save(payload, tmp / STATE_FILE)
         if scratch is not None:
             shutil.move(str(scratch / SHARDED_STATE_DIR), str(tmp / SHARDED_STATE_DIR))
             shutil.rmtree(scratch, ignore_errors=True)
