@@ -367,8 +367,9 @@ def test_tah_generate_on_a_gguf_file(tiny_gguf, cache_env, capsys):
     assert out["max_iter"] == 1 and 1 <= out["stats"]["tokens"] <= 4
 
 
-def test_label_and_train_take_a_gguf_file(tiny_gguf, cache_env, tmp_path):
-    """`tah label --model x.gguf` and a recipe with `model.base: x.gguf` use its converted copy."""
+def test_label_prune_and_train_take_a_gguf_file(tiny_gguf, cache_env, tmp_path):
+    """`tah label/prune --model x.gguf` and a recipe with `model.base: x.gguf` use its converted
+    copy."""
     from tah.cli import main
     from test_train_utils import recipe_dict, write_recipe
 
@@ -383,6 +384,11 @@ def test_label_and_train_take_a_gguf_file(tiny_gguf, cache_env, tmp_path):
     meta = json.loads((labels / "tah_labels.json").read_text())
     assert meta["complete"]
     assert loading.is_converted(loading.gguf_cache_dir(tiny_gguf[0]))
+
+    pruned = tmp_path / "pruned"
+    argv = ["prune", "--data", str(data), "--model", str(tiny_gguf[0]), "--output", str(pruned)]
+    assert main([*argv, "--device", "cpu", "--dtype", "float32", "--no-progress"]) == 0
+    assert json.loads((pruned / "config.json").read_text())["num_hidden_layers"] == LAYERS - 1
 
     raw = recipe_dict("standard", labels, tmp_path / "out", train={"max_steps": 1})
     raw["model"] = {"base": str(tiny_gguf[0])}

@@ -416,6 +416,11 @@ def test_cli_label_end_to_end(tmp_path, tok, model, capsys):
     assert "embedding rows" in capsys.readouterr().err and not (tmp_path / "s").exists()
     assert main(argv + ["--batch-size", "0"]) == 2
     assert main(argv + ["--dtype", "float8"]) == 2
+    capsys.readouterr()
     assert (
         main(argv[:-2] + ["--output", str(tmp_path / "x"), "--model", str(tmp_path / "nope")]) == 2
     )
+    assert f"no model at {tmp_path / 'nope'}" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(argv + ["--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err

@@ -63,7 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
     from tah.data.labeling import LabelSettings, label_records, report_table
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         load_model_config,
         load_tokenizer,
     )
-    from tah.model.loading import resolve_device, resolve_dtype, resolve_model_source
+    from tah.model.loading import resolve_device, resolve_dtype
 
     settings = LabelSettings(
         max_length=args.max_length,
@@ -92,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-shards must be >= 1, got {args.max_shards}")
     device = resolve_device(args.device)
     resolve_dtype(args.dtype, device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA device is available")
     records = load_records(
         args.data,
         split=args.split,
@@ -107,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]skipped {records.skipped} malformed records[/], e.g.:")
         for problem in records.problems[:3]:
             console.print(f"  {problem}")
-    # a .gguf file becomes its dequantised directory (converted once, then cached)
-    args.model = resolve_model_source(args.model)
-    if args.tokenizer:
-        args.tokenizer = resolve_model_source(args.tokenizer)
     tokenizer = load_tokenizer(args.tokenizer or args.model, chat_template=args.chat_template)
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(

@@ -44,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from rich.console import Console
 
     from tah.data.reference import (
@@ -68,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     resolve_dtype(args.dtype, device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA device is available")
     config = load_model_config(args.model)
     layers = config.get_text_config().num_hidden_layers
     if args.num_prune >= layers:

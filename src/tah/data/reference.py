@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tah.errors import CheckpointError, DataError
-from tah.model.loading import resolve_device, resolve_dtype
+from tah.model.loading import (
+    check_model_source,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_source,
+)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
@@ -53,22 +58,12 @@ def check_vocab(tokenizer: Any, embedding_rows: int, model_name: str) -> None:
         )
 
 
-def _check_model_source(name_or_path: str, *, needs_config: bool = True) -> None:
-    """Local paths must exist (and hold a config); anything else is passed on as a hub id."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if needs_config and not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} has no config.json; expected a Hugging Face model dir")
-        return
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise CheckpointError(f"no such directory: {name_or_path!r}")
-
-
 def load_model_config(name_or_path: str) -> Any:
     """Read only the config (cheap), so vocabulary checks run before any weights load."""
     from transformers import AutoConfig
 
-    _check_model_source(name_or_path)
+    name_or_path = resolve_model_source(name_or_path)
+    check_model_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
@@ -79,7 +74,8 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "auto", device: str = "aut
     """Load a Hugging Face causal LM (local directory or hub id) in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    _check_model_source(name_or_path)
+    name_or_path = resolve_model_source(name_or_path)
+    check_model_source(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
@@ -93,7 +89,8 @@ def load_tokenizer(name_or_path: str, *, chat_template: str | None = None) -> An
     """Load a tokenizer; ``chat_template`` (a Jinja file path or string) overrides its template."""
     from transformers import AutoTokenizer
 
-    _check_model_source(name_or_path, needs_config=False)
+    name_or_path = resolve_model_source(name_or_path)
+    check_model_source(name_or_path, needs_config=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:

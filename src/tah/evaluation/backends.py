@@ -34,7 +34,7 @@ from typing import Any
 from tah.errors import CheckpointError, ConfigError
 from tah.evaluation.prompts import has_chat_template
 from tah.evaluation.sampling import SamplingParams, make_hf_processor
-from tah.model.loading import resolve_device, resolve_dtype
+from tah.model.loading import check_model_source, resolve_device, resolve_dtype
 
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
 
@@ -429,15 +429,10 @@ class ScriptedBackend(Backend):
 
 # ---------------------------------------------------------------------------------- factory
 def check_local_model(kind: str, model_path: str) -> None:
-    """For the backends that load with transformers: a path that can only be local (``/x``,
-    ``./x``, ``~/x``, ``a/b/c``) must exist; otherwise transformers would try it as a hub id and
-    fail with a message about repo-id syntax."""
-    if kind not in ("hf", "tah", "softthink", "oracle"):
-        return
-    text = str(model_path)
-    local = text.startswith(("/", ".", "~")) or text.count("/") > 1
-    if local and not Path(text).expanduser().exists():
-        raise CheckpointError(f"no model at {text}: no such file or directory")
+    """A missing local model path fails here, clearly, for the backends that load with
+    transformers (see :func:`tah.model.loading.check_model_source`)."""
+    if kind in ("hf", "tah", "softthink", "oracle"):
+        check_model_source(model_path, needs_config=False)
 
 
 def make_backend(kind: str, model_path: str, options: BackendOptions | None = None) -> Backend:

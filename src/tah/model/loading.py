@@ -252,6 +252,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA device is available")
     return device
 
 
@@ -272,3 +274,17 @@ def resolve_dtype(name: str, device: str) -> Any:
     if name not in table:
         raise ConfigError(f"dtype must be one of {['auto', *table]}, got {name!r}")
     return table[name]
+
+
+def check_model_source(name_or_path: str, *, needs_config: bool = True) -> None:
+    """A path that can only be local (``/x``, ``./x``, ``~/x``, ``a/b/c``) must exist (and, with
+    ``needs_config``, hold a ``config.json``); anything else is passed on as a hub id. Without
+    this check transformers tries a missing path as a hub id and fails about repo-id syntax."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if needs_config and path.is_dir() and not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} has no config.json; expected a Hugging Face model dir")
+        return
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise CheckpointError(f"no model at {text}: no such file or directory")
