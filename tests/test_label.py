@@ -417,9 +417,8 @@ def test_cli_label_end_to_end(tmp_path, tok, model, capsys):
     assert main(argv + ["--batch-size", "0"]) == 2
     assert main(argv + ["--dtype", "float8"]) == 2
     capsys.readouterr()
-    assert (
-        main(argv[:-2] + ["--output", str(tmp_path / "x"), "--model", str(tmp_path / "nope")]) == 2
-    )
+    missing = ["--output", str(tmp_path / "x"), "--model", str(tmp_path / "nope")]
+    assert main([*argv[:-2], *missing, "--skip-bad-records"]) == 2
     assert f"no model at {tmp_path / 'nope'}" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(argv + ["--device", "cuda"]) == 2
