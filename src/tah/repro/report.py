@@ -380,8 +380,8 @@ def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         text += [
             "## Decider threshold",
             "",
-            f"The table uses τ = {config['threshold']:g}, fixed before the test problems were "
-            "looked at. Every other τ of the sweep, on the same test problems:",
+            f"The table uses τ = {config['threshold']:g} (the run's `threshold` setting). "
+            "The same models at every τ of the sweep, on the same test problems:",
             "",
             sweep,
         ]
