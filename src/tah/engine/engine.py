@@ -52,6 +52,7 @@ from tah.engine.request import (
 )
 from tah.engine.sampling import SamplingParams, filter_probs, make_generator, sample_rows
 from tah.engine.step import run_step
+from tah.engine.trace import make_trace
 from tah.errors import ConfigError, DataError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class Engine:
         self._seed_rng = torch.Generator().manual_seed(int(seed))
         self._thread: threading.Thread | None = None
         self._running = False
+        self.last_probs: Tensor | None = None  # decider probabilities of the last decide()
         self.stats = {"steps": 0, "tokens": 0, "iterations": 0, "prompt_tokens": 0, "deep_rows": 0}
 
     # ------------------------------------------------------------------ construction
@@ -261,6 +263,7 @@ class Engine:
         if bad:
             raise DataError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         req = Request(request_id or f"req-{uuid.uuid4().hex[:16]}", prompt, params, callback)
+        req.trace = make_trace(self, params)
         if params.stop_token_ids is not None:
             req.stop_ids = frozenset(int(t) for t in params.stop_token_ids)
         if not params.ignore_eos:
@@ -414,6 +417,8 @@ class Engine:
         return self.max_iter if m is None else min(m, self.max_iter)
 
     def threshold_of(self, req: Request) -> float:
+        if req.trace is not None and req.trace.budget is not None:
+            return req.trace.budget.threshold()
         return self.threshold if req.params.threshold is None else req.params.threshold
 
     # ------------------------------------------------------------------ TaH pieces
@@ -423,12 +428,14 @@ class Engine:
 
     def decide(self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor) -> Tensor:
         """Continue-decision per token (before the depth cap): always, or sigmoid > thr."""
+        self.last_probs = None
         if self.kind == "always":
             return torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
         values = cum.topk(self.decider_topk, dim=-1).values
         features = torch.cat([feats[i] for i in self.capture], dim=-1)
         logits = self.decider(values, features).float()
-        return torch.sigmoid(logits) > thr
+        self.last_probs = torch.sigmoid(logits)  # read by trace.record_decisions if needed
+        return self.last_probs > thr
 
     # ------------------------------------------------------------------ sampling and output
     def draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
@@ -446,7 +453,15 @@ class Engine:
         )
         return sample_rows(probs, [r.generator for r in reqs])
 
-    def emit(self, req: Request, token: int, count: int, events: list[TokenEvent]) -> None:
+    def emit(
+        self,
+        req: Request,
+        token: int,
+        count: int,
+        events: list[TokenEvent],
+        logits: Tensor | None = None,
+    ) -> None:
+        """Hand ``token`` (drawn from ``logits``, its cumulative logits) to its request."""
         now = time.perf_counter()
         if req.first_token_at is None:
             req.first_token_at = now
@@ -460,6 +475,8 @@ class Engine:
         elif len(req.output) >= req.params.max_tokens:
             reason = "length"
         event = TokenEvent(req.request_id, [token], [count])
+        if req.trace is not None:
+            req.trace.on_emit(event, token, logits)
         if reason is not None:
             req.finish_reason = reason
             event.finished, event.finish_reason = True, reason

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,6 +27,11 @@ class TokenEvent:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: str | None = None
+    # Filled only for requests with a TokenTrace (tah.engine.trace), one entry per token.
+    logprobs: list | None = None
+    decider_probs: list | None = None
+    prompt_logprobs: list | None = None  # echo: on the first token's event
+    prompt_iter_counts: list | None = None
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Request:
     pending: list[Pending] = field(default_factory=list)  # prompt tokens still going deeper
     last: LastToken | None = None  # the prompt's last token, once final
     done: threading.Event = field(default_factory=threading.Event)
+    trace: Any = None  # a tah.engine.trace.TokenTrace when the request asked for one
 
     @property
     def finished(self) -> bool:

@@ -35,6 +35,13 @@ class SamplingParams:
     ignore_eos: bool = False
     threshold: float | None = None
     max_iter: int | None = None
+    # Extras recorded by tah.engine.trace: a compute budget (share of generated tokens that
+    # iterate; steers τ), log-probabilities (top alternatives; 0 = chosen token only), the
+    # prompt's logprobs, the decider's probabilities per token.
+    iter_budget: float | None = None
+    logprobs: int | None = None
+    echo: bool = False
+    decider_probs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -58,6 +65,11 @@ class SamplingParams:
             raise ConfigError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        from tah.engine.trace import check_logprobs
+        from tah.model.budget import check_budget
+
+        check_budget(self.iter_budget)
+        check_logprobs(self.logprobs)
 
 
 def filter_probs(

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from tah.engine.kv import Segments
 from tah.engine.request import RUNNING, LastToken, Pending
+from tah.engine.trace import record_decisions, record_prompt
 
 if TYPE_CHECKING:
     from tah.engine.engine import Engine
@@ -183,8 +184,9 @@ class StepBuilder:
             cap, thr = eng.cap_of(req), eng.threshold_of(req)
             may_iterate = eng.kind != "never" and cap > 1
             last = len(req.prompt) - 1
+            echo = req.trace is not None and req.trace.echo
             for p in range(start, end):
-                if may_iterate or p == last:
+                if may_iterate or p == last or echo:
                     self.head(begin + r * width + p - start, 1, cap, thr, PROMPT, (req, p))
             req.prefilled = end
             eng.lengths[row] = end
@@ -233,6 +235,7 @@ def run_step(engine: Engine, events: list[TokenEvent]) -> None:
         go = torch.zeros(n_heads, dtype=torch.bool, device=dev).index_copy(0, cand_t, go_cand)
         both = torch.stack([greedy, go.long()]).tolist()  # the step's one host sync
         greedy_l, go_l = both[0], [bool(g) for g in both[1]]
+        record_decisions(eng, b, cand, go_l)  # only for requests that asked (trace.py)
     else:
         go = None
         greedy_l, go_l = greedy.tolist(), [False] * n_heads
@@ -247,6 +250,7 @@ def run_step(engine: Engine, events: list[TokenEvent]) -> None:
         soft = eng.soft_embedding(kept)
     _finish_decode(eng, b, cum, greedy, go, greedy_l, go_l, slot_of, kept, soft, events)
     _finish_prompt(eng, b, cum, greedy_l, go_l, slot_of, kept, soft)
+    record_prompt(eng, b, cum, go_l)
     _start_decoding(eng, events)
 
 
@@ -285,7 +289,7 @@ def _finish_decode(eng, b, cum, greedy, go, greedy_l, go_l, slot_of, kept, soft,
         count = eng.phase[i]
         eng.phase[i] = 1
         eng.lengths[i] += 1
-        eng.emit(reqs[i], token_list[i], count, events)
+        eng.emit(reqs[i], token_list[i], count, events, cum[i] if reqs[i].trace else None)
 
 
 def _finish_prompt(eng, b, cum, greedy_l, go_l, slot_of, kept, soft) -> None:
@@ -330,4 +334,4 @@ def _start_decoding(eng, events) -> None:
         eng.phase[row] = 1
         eng.n_dec += 1
         req.state = RUNNING
-        eng.emit(req, token, last.count, events)
+        eng.emit(req, token, last.count, events, last.cum[0])

@@ -163,7 +163,12 @@ class MLPDecider(Decider):
 
     def decide(self, topk_values, features, depth, labels, threshold, n, device):
         logits = self(topk_values, features).float()
-        tau = float(self.threshold) if threshold is None else float(threshold)
+        if threshold is None:
+            tau = float(self.threshold)
+        elif isinstance(threshold, Tensor):  # one τ per token (a compute budget)
+            tau = threshold.to(device=logits.device, dtype=logits.dtype)
+        else:
+            tau = float(threshold)
         return torch.sigmoid(logits) > tau, logits
 
 

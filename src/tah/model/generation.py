@@ -105,9 +105,13 @@ def generate(
     pad_token_id: int | None = None,
     seed: int | list[int] | None = None,
     threshold: float | None = None,
+    iter_budget: float | None = None,
     **unused: Any,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row from left-padded prompts.
+
+    ``iter_budget`` (a share in [0, 1]) steers τ per row so that share of its generated
+    tokens iterates (:mod:`tah.model.budget`); ``threshold`` is then the starting τ.
 
     ``seed`` is one seed for the batch, or one per row: then each row samples from its own
     generator, so a row's text does not depend on which other rows share its batch.
@@ -170,6 +174,11 @@ def generate(
             ]
         )
 
+    budgets = _row_budgets(model, iter_budget, threshold, batch)
+
+    def tau():
+        return threshold if budgets is None else budgets.thresholds(device)
+
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -178,8 +187,12 @@ def generate(
     counts: list[Tensor] = []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     try:
-        out = model(input_ids, attention_mask=mask, cache=cache, threshold=threshold)
+        out = model(input_ids, attention_mask=mask, cache=cache, threshold=tau())
+        if budgets is not None:
+            budgets.observe_prompt(out.decider_logits[..., 0], mask)
         for step in range(max_new_tokens):
+            if budgets is not None:
+                budgets.observe(out.decider_logits[:, -1, 0], out.iter_counts[:, -1], ~finished)
             next_token = pick(out.logits[:, -1])
             next_token = next_token.masked_fill(finished, pad)
             tokens.append(next_token)
@@ -192,7 +205,7 @@ def generate(
                 next_token[:, None],
                 attention_mask=(~finished)[:, None],
                 cache=cache,
-                threshold=threshold,
+                threshold=tau(),
             )
     finally:
         model.train(was_training)
@@ -208,4 +221,22 @@ def generate(
         "wall_time_s": elapsed,
         "tokens_per_s": n / elapsed if elapsed > 0 else 0.0,
     }
+    if iter_budget is not None:
+        stats["iter_budget"] = float(iter_budget)
     return GenerationOutput(torch.cat([input_ids, new_tokens], dim=1), iter_counts, stats)
+
+
+def _row_budgets(model: TaHForCausalLM, iter_budget, threshold, batch: int):
+    if iter_budget is None:
+        return None
+    from tah.model.budget import RowBudgets, check_budget
+
+    check_budget(iter_budget)
+    if getattr(model.decider, "name", None) != "mlp" or model.config.max_iter < 2:
+        raise ConfigError(
+            "iter_budget steers the MLP decider's threshold; this model has decider "
+            f"{getattr(model.decider, 'name', None)!r} and max_iter {model.config.max_iter}: "
+            "use a TaH checkpoint with decider 'mlp', or drop iter_budget"
+        )
+    start = float(model.config.threshold if threshold is None else threshold)
+    return RowBudgets(float(iter_budget), start, batch)

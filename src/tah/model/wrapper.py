@@ -252,7 +252,7 @@ class TaHForCausalLM(nn.Module):
         *,
         cache: DepthKVCache | None = None,
         max_depth: int | None = None,
-        threshold: float | None = None,
+        threshold: float | Tensor | None = None,  # a (B,) tensor: one τ per row
         ensure_deep_pass: bool = False,
     ) -> TaHOutput:
         if input_ids.dim() != 2:
@@ -315,7 +315,7 @@ class TaHForCausalLM(nn.Module):
                 self._features(select) if needs_features else None,
                 depth + 1,
                 None if iter_labels is None else iter_labels[b_idx, t_idx],
-                threshold,
+                threshold[b_idx] if isinstance(threshold, Tensor) else threshold,
                 n,
                 device,
             )
