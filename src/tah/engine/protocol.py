@@ -55,6 +55,10 @@ class _Common(BaseModel):
     tah_threshold: float | None = None
     max_iter: int | None = None
     logprobs: Any = None
+    # Compute budget: target share of completion tokens that iterate (steers τ).
+    tah_iter_budget: float | None = None
+    # Stream each token's decider probabilities in ``tah.decider_probs`` (the playground).
+    tah_decider_probs: bool | None = False
 
 
 class CompletionBody(_Common):
@@ -101,13 +105,14 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
         )
     if p.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", "unsupported", "n")
-    if p.logprobs not in (None, False) or (chat and p.top_logprobs):
-        raise APIError(400, "logprobs are not supported", "unsupported", "logprobs")
+    logprobs = _logprobs(p, chat)
     if chat:
         ids = _chat_ids(tok, p)  # type: ignore[arg-type]
     else:
-        if p.echo or p.suffix:  # type: ignore[union-attr]
-            raise APIError(400, "echo and suffix are not supported", "unsupported")
+        if p.suffix:  # type: ignore[union-attr]
+            raise APIError(400, "suffix is not supported", "unsupported", "suffix")
+        if p.echo and p.stream:  # type: ignore[union-attr]
+            raise APIError(400, "echo is not supported with stream", "unsupported", "echo")
         ids = _prompt_ids(tok, p.prompt)  # type: ignore[union-attr]
     max_tokens = p.max_tokens
     if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
@@ -130,6 +135,10 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
         stop_token_ids=tuple(p.stop_token_ids) if p.stop_token_ids else None,
         threshold=p.tah_threshold,
         max_iter=p.max_iter,
+        iter_budget=p.tah_iter_budget,
+        logprobs=logprobs,
+        echo=bool(getattr(p, "echo", False)) and logprobs is not None,  # prompt logprobs
+        decider_probs=bool(p.tah_decider_probs),
     )
     try:
         params.validate()
@@ -141,6 +150,26 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             400, f"prompt of {len(ids)} tokens exceeds the context", "context_length_exceeded"
         )
     return ids, params
+
+
+def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
+    """Alternatives per token (0 = the chosen token only) or None: completions take
+    ``logprobs: int``, chat ``logprobs: bool`` plus ``top_logprobs: int``."""
+    if chat:
+        if p.logprobs in (None, False):
+            if p.top_logprobs:  # type: ignore[union-attr]
+                raise APIError(
+                    400, "top_logprobs needs logprobs: true", "invalid_value", "top_logprobs"
+                )
+            return None
+        if p.logprobs is not True:
+            raise APIError(400, "logprobs must be true or false", "invalid_value", "logprobs")
+        return p.top_logprobs or 0  # type: ignore[union-attr]
+    if p.logprobs is None:
+        return None
+    if isinstance(p.logprobs, bool) or not isinstance(p.logprobs, int):
+        raise APIError(400, "logprobs must be an integer in [0, 20]", "invalid_value", "logprobs")
+    return p.logprobs
 
 
 def _prompt_ids(tok, prompt) -> list[int]:

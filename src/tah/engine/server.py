@@ -33,6 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tah.engine.engine import Engine
+from tah.engine.extras import RunExtras
+from tah.engine.playground import add_playground
 from tah.engine.protocol import APIError, error_response, parse_body, prepare, sse_event
 from tah.engine.request import TokenEvent
 from tah.errors import TaHError
@@ -130,6 +132,8 @@ def create_app(
             ],
         }
 
+    add_playground(app)
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await _handle(state, request, chat=False)
@@ -203,6 +207,8 @@ class _Run:
             chat,
         )
         self.include_usage = bool((body.stream_options or {}).get("include_usage"))
+        self.echo = bool(getattr(body, "echo", False))
+        self.extras = RunExtras()  # logprobs, decider probabilities, echo (extras.py)
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
@@ -258,6 +264,7 @@ class _Run:
         """Take an event's tokens; return the newly visible text (stop strings applied)."""
         self.token_ids.extend(event.token_ids)
         self.iter_counts.extend(event.iter_counts)
+        self.extras.absorb(event)
         if event.finished:
             self.finish_reason = event.finish_reason
             self.error = event.error
@@ -300,6 +307,7 @@ class _Run:
             "total_iterations": total,
             "iterated_tokens": sum(c > 1 for c in self.iter_counts),
             "avg_depth": total / n if n else 0.0,
+            **self.extras.usage(self.params, self.iter_counts),
         }
 
     def _reason(self) -> str | None:
@@ -318,19 +326,20 @@ class _Run:
         if self.finish_reason == "error":
             raise APIError(500, f"generation failed: {self.error}", "engine_error")
         tah = {"token_ids": self.token_ids, "iter_counts": self.iter_counts}
+        tah.update(self.extras.tah_fields())
         if self.chat:
             choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": self.text},
-                "logprobs": None,
+                "logprobs": self.extras.chat_logprobs(self),
                 "finish_reason": self._reason(),
                 "tah": tah,
             }
         else:
             choice = {
                 "index": 0,
-                "text": self.text,
-                "logprobs": None,
+                "text": self.extras.echo_text(self) + self.text,
+                "logprobs": self.extras.completion_logprobs(self),
                 "finish_reason": self._reason(),
                 "tah": tah,
             }
@@ -344,9 +353,17 @@ class _Run:
         }
 
     def _chunk(
-        self, text: str | None, tokens: list[int], iters: list[int], reason=None, role=False
+        self,
+        text: str | None,
+        tokens: list[int],
+        iters: list[int],
+        reason=None,
+        role=False,
+        event: TokenEvent | None = None,
     ):
         tah = {"token_ids": tokens, "iter_counts": iters}
+        if event is not None and event.decider_probs is not None:
+            tah["decider_probs"] = event.decider_probs
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
@@ -356,7 +373,7 @@ class _Run:
             choice = {
                 "index": 0,
                 "delta": delta,
-                "logprobs": None,
+                "logprobs": self.extras.chunk_logprobs(self, event),
                 "finish_reason": reason,
                 "tah": tah,
             }
@@ -364,7 +381,7 @@ class _Run:
             choice = {
                 "index": 0,
                 "text": text or "",
-                "logprobs": None,
+                "logprobs": self.extras.chunk_logprobs(self, event),
                 "finish_reason": reason,
                 "tah": tah,
             }
@@ -399,7 +416,8 @@ class _Run:
                     break
                 if text or event.token_ids or self.done:
                     reason = self._reason() if self.done else None
-                    yield sse_event(self._chunk(text, event.token_ids, event.iter_counts, reason))
+                    ids, iters = event.token_ids, event.iter_counts
+                    yield sse_event(self._chunk(text, ids, iters, reason, event=event))
             if self.include_usage:
                 chunk = self._chunk(None, [], [])
                 chunk["choices"] = []
