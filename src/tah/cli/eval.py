@@ -52,6 +52,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="first K problems of each dataset")
     g.add_argument("--threshold", type=float, default=None, help="override the decider threshold τ")
     g.add_argument(
+        "--iter-budget",
+        type=float,
+        default=None,
+        help="target share of generated tokens that iterate (e.g. 0.05); steers τ per sample",
+    )
+    g.add_argument(
         "--decider",
         choices=("mlp", "always", "never", "label"),
         default=None,
@@ -171,6 +177,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         device=args.device,
         dtype=args.dtype,
         threshold=args.threshold,
+        iter_budget=args.iter_budget,
         decider=args.decider,
         reference=args.reference,
         trust_remote_code=args.trust_remote_code,
@@ -178,6 +185,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
     if args.threshold is not None and backend not in ("tah",):
         raise ConfigError(f"--threshold applies to --backend tah, not {backend!r}")
+    if args.iter_budget is not None:
+        from tah.model.budget import check_budget
+
+        check_budget(args.iter_budget, "--iter-budget")
+        if backend != "tah":
+            raise ConfigError(f"--iter-budget applies to --backend tah, not {backend!r}")
     if args.decider is not None and backend != "tah":
         raise ConfigError(f"--decider applies to --backend tah, not {backend!r}")
     sampling = SamplingParams(

@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--min-p", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--iter-budget",
+        type=float,
+        default=None,
+        help="target share of generated tokens that iterate (e.g. 0.05): steers τ so the "
+        "realised share tracks it; --threshold is then the starting τ",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         min_p=args.min_p,
         seed=args.seed,
         threshold=args.threshold,
+        iter_budget=args.iter_budget,
     )
     generated = res.sequences[0, input_ids.shape[1] :].tolist()
     counts = res.iter_counts[0].tolist()
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     "stats": res.stats,
                     "threshold": model.config.threshold,
                     "max_iter": model.config.max_iter,
+                    "iter_budget": args.iter_budget,
                 }
             )
         )

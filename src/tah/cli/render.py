@@ -35,11 +35,14 @@ def legend(max_iter: int) -> Text:
 
 
 def stats_line(stats: dict) -> str:
-    return (
+    line = (
         f"{stats['tokens']} tokens · avg depth {stats['avg_depth']:.3f} · "
         f"{100 * stats['iter_share']:.1f}% iterated · {stats['tokens_per_s']:.1f} tok/s · "
         f"{stats['wall_time_s']:.2f} s"
     )
+    if stats.get("iter_budget") is not None:
+        line += f" · budget {100 * stats['iter_budget']:.1f}%"
+    return line
 
 
 def print_generation(console: Console, pieces, counts, stats, max_iter: int) -> None:

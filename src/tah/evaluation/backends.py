@@ -76,6 +76,7 @@ class BackendOptions:
     device: str = "auto"
     dtype: str = "auto"
     threshold: float | None = None
+    iter_budget: float | None = None  # share of generated tokens that iterate (steers τ)
     decider: str | None = None
     reference: str | None = None
     trust_remote_code: bool = False
@@ -304,6 +305,7 @@ class TaHBackend(Backend):
         dtype = resolve_dtype(options.dtype, self.device)
         options.reject_unused(self.name)
         self.threshold = options.threshold
+        self.iter_budget = options.iter_budget
         self.model = TaHForCausalLM.from_pretrained(
             model_path,
             threshold=options.threshold,
@@ -329,6 +331,7 @@ class TaHBackend(Backend):
             "decider": cfg.decider,
             "threshold": float(cfg.threshold if self.threshold is None else self.threshold),
             "max_iter": cfg.max_iter,
+            "iter_budget": self.iter_budget,
         }
 
     def generate(self, prompts, params, seeds):  # type: ignore[override]
@@ -348,6 +351,7 @@ class TaHBackend(Backend):
                 eos_token_id=self.stops if len(self.stops) > 1 else self.stops[0],
                 seed=int(seeds[0]) if len(seeds) else None,
                 threshold=self.threshold,
+                iter_budget=self.iter_budget,
             )
         elapsed = time.perf_counter() - start
         new = res.sequences[:, ids.shape[1] :].tolist()

@@ -103,6 +103,8 @@ class EvalConfig:
         fp = {k: data[k] for k in _FINGERPRINT_KEYS}
         # Where it runs does not change what it computes (beyond float noise).
         fp["backend_options"] = {k: v for k, v in fp["backend_options"].items() if k != "device"}
+        if fp["backend_options"].get("iter_budget") is None:  # runs from before the option
+            fp["backend_options"].pop("iter_budget", None)
         return fp
 
     def display_name(self) -> str:
@@ -114,6 +116,8 @@ class EvalConfig:
             name += f"-{self.backend_options.decider}"
         if self.backend_options.threshold is not None:
             name += f"-tau{self.backend_options.threshold:g}"
+        if self.backend_options.iter_budget is not None:
+            name += f"-budget{self.backend_options.iter_budget:g}"
         return name
 
     @classmethod

@@ -37,6 +37,8 @@ def run_sweep(config: EvalConfig, thresholds: list[float]) -> list[RunResult]:
     """One evaluation per threshold under ``config.output``; each resumes independently."""
     if config.backend not in ("tah",):
         raise ConfigError(f"a threshold sweep needs --backend tah (got {config.backend!r})")
+    if config.backend_options.iter_budget is not None:
+        raise ConfigError("--iter-budget steers τ itself: drop it for a threshold sweep")
     results = []
     for tau in thresholds:
         options = dataclasses.replace(
