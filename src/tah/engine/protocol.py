@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tah.engine.sampling import SamplingParams
+from tah.engine.trace import MAX_TOP_LOGPROBS
 from tah.errors import TaHError
 
 
@@ -164,12 +165,15 @@ def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
             return None
         if p.logprobs is not True:
             raise APIError(400, "logprobs must be true or false", "invalid_value", "logprobs")
-        return p.top_logprobs or 0  # type: ignore[union-attr]
-    if p.logprobs is None:
+        top, name = p.top_logprobs or 0, "top_logprobs"  # type: ignore[union-attr]
+    elif p.logprobs is None:
         return None
-    if isinstance(p.logprobs, bool) or not isinstance(p.logprobs, int):
-        raise APIError(400, "logprobs must be an integer in [0, 20]", "invalid_value", "logprobs")
-    return p.logprobs
+    else:
+        top, name = p.logprobs, "logprobs"
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        message = f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {top!r}"
+        raise APIError(400, message, "invalid_value", name)
+    return top
 
 
 def _prompt_ids(tok, prompt) -> list[int]:
