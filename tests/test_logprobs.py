@@ -129,15 +129,34 @@ def test_stream_carries_decider_probabilities(client):
     assert len(tah) == 24
     for t in tah:
         (probs,) = t["decider_probs"]  # one token per chunk; max_iter 2: one decision
-        assert len(probs) == 1
+        assert len(probs) == 1 and t["decider_thresholds"] == [[TAU]]
         assert (probs[0] > TAU) == (t["iter_counts"][0] > 1)
     usage = chunks[-1]["usage"]
     assert usage["iter_share"] == pytest.approx(sum(t["iter_counts"][0] > 1 for t in tah) / 24)
 
 
-def test_usage_reports_budget_and_realised_share(client):
-    body = {"prompt": PROMPT, "max_tokens": 48, "tah_iter_budget": 0.25, "ignore_eos": True}
-    usage = client.post("/v1/completions", json=body).json()["usage"]
+def test_budget_steers_tau_per_token_and_usage_reports_the_share(client):
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 48,
+        "tah_iter_budget": 0.25,
+        "ignore_eos": True,
+        "stream": True,
+        "tah_decider_probs": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = client.post("/v1/completions", json=body)
+    chunks = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+    tah = [
+        c["choices"][0]["tah"]
+        for c in chunks
+        if c["choices"] and c["choices"][0]["tah"]["token_ids"]
+    ]
+    taus = [t["decider_thresholds"][0][0] for t in tah]
+    for t, tau in zip(tah, taus):
+        assert (t["decider_probs"][0][0] > tau) == (t["iter_counts"][0] > 1)
+    assert len(set(taus)) > 5  # τ moves from token to token
+    usage = chunks[-1]["usage"]
     assert usage["iter_budget"] == 0.25
     assert usage["iter_share"] == pytest.approx(usage["iterated_tokens"] / 48)
     assert abs(usage["iter_share"] - 0.25) <= 0.1

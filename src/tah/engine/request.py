@@ -30,6 +30,7 @@ class TokenEvent:
     # Filled only for requests with a TokenTrace (tah.engine.trace), one entry per token.
     logprobs: list | None = None
     decider_probs: list | None = None
+    decider_thresholds: list | None = None  # the τ each decision compared with
     prompt_logprobs: list | None = None  # echo: on the first token's event
     prompt_iter_counts: list | None = None
 

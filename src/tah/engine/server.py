@@ -364,6 +364,7 @@ class _Run:
         tah = {"token_ids": tokens, "iter_counts": iters}
         if event is not None and event.decider_probs is not None:
             tah["decider_probs"] = event.decider_probs
+            tah["decider_thresholds"] = event.decider_thresholds
         if self.chat:
             delta: dict[str, Any] = {}
             if role:

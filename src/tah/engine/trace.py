@@ -41,6 +41,7 @@ class TokenTrace:
     logprobs: int | None = None  # alternatives per token; None = no logprobs
     echo: bool = False
     probs: list[float] = field(default_factory=list)  # decisions of the token in flight
+    taus: list[float] = field(default_factory=list)  # ... and the τ each was compared with
     prompt_logprobs: dict[int, dict[str, Any]] = field(default_factory=dict)
     prompt_depths: dict[int, int] = field(default_factory=dict)
     emitted: int = 0
@@ -50,11 +51,14 @@ class TokenTrace:
         return self.decider_probs or self.budget is not None
 
     # ------------------------------------------------------------------ decisions
-    def decision(self, prob: float, went: bool, depth: int, generated: bool) -> None:
+    def decision(
+        self, prob: float, went: bool, depth: int, generated: bool, tau: float = float("nan")
+    ) -> None:
         """A decider decision on one of this request's tokens (``generated``: the token it
         decides produces an output token, i.e. a decode token or the prompt's last)."""
         if generated:
             self.probs.append(prob)
+            self.taus.append(tau)
             if depth == 1 and self.budget is not None:
                 self.budget.observe(prob, went)
         elif depth == 1 and self.budget is not None:
@@ -65,7 +69,8 @@ class TokenTrace:
         """Attach what was asked for to the event carrying ``token``."""
         if self.decider_probs:
             event.decider_probs = [[round(p, 6) for p in self.probs]]
-        self.probs = []
+            event.decider_thresholds = [[round(t, 6) for t in self.taus]]
+        self.probs, self.taus = [], []
         if self.logprobs is not None and logits is not None:
             event.logprobs = [logprob_entry(logits, token, self.logprobs)]
         if self.echo and self.emitted == 0:
@@ -144,7 +149,7 @@ def record_decisions(engine: Engine, builder, candidates: list[int], went: list[
             generated = p == len(req.prompt) - 1
         trace = req.trace
         if trace is not None and trace.wants_probs:
-            trace.decision(probs[j], went[h], builder.depth[h], generated)
+            trace.decision(probs[j], went[h], builder.depth[h], generated, builder.thr[h])
 
 
 def record_prompt(engine: Engine, builder, cum: Tensor, went: list[bool]) -> None:
