@@ -136,3 +136,27 @@ def test_cli_generate_iter_budget(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["iter_budget"] == 0.0 and out["stats"]["iter_share"] == 0.0
     assert all(t["iterations"] == 1 for t in out["tokens"])
+
+
+def test_cli_eval_iter_budget(tmp_path):
+    from tah.cli import main
+
+    data = tmp_path / "toy.jsonl"
+    rows = [{"id": "p0", "problem": "What is 3 plus 4?", "answer": "7"},
+            {"id": "p1", "problem": "Ann has 5 apples and eats 2. How many?", "answer": "3"}]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shares = {}
+    for budget in ("0", "1"):
+        out = tmp_path / f"budget-{budget}"
+        args = ["eval", "--model", BUNDLED, "--backend", "tah", "--datasets", str(data),
+                "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu",
+                "--iter-budget", budget, "--output", str(out), "--no-progress"]  # fmt: skip
+        assert main(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["backend_info"]["iter_budget"] == float(budget)
+        shares[budget] = summary["datasets"]["toy"]["iter_share"]
+    assert shares == {"0": 0.0, "1": 1.0}
+    bad = ["eval", "--model", BUNDLED, "--datasets", str(data), "--iter-budget", "2",
+           "--output", str(tmp_path / "bad"), "--no-progress"]  # fmt: skip
+    assert main(bad) != 0
+    assert not (tmp_path / "bad").exists()
