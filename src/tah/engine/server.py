@@ -9,7 +9,10 @@ to OpenAI JSON / server-sent events, plus the TaH extras:
   on its depth; 1 = the plain model), and the usual ``top_k`` / ``min_p`` / ``seed``;
 * ``usage`` adds ``total_iterations`` (passes run for the completion tokens), ``avg_depth``
   and ``iterated_tokens``; every choice / chunk carries ``tah.token_ids`` and
-  ``tah.iter_counts``.
+  ``tah.iter_counts``;
+* ``tah_iter_budget`` (a compute budget that steers τ, ``tah.model.budget``), ``logprobs`` /
+  ``top_logprobs`` / ``echo`` and ``tah_decider_probs`` (``tah.engine.trace`` records them,
+  ``tah.engine.extras`` formats them); the playground page at ``/`` (``playground.py``).
 
 Robustness: bad JSON, unknown model, invalid values and prompts that do not fit the context
 get a 4xx with an OpenAI-style ``{"error": {...}}`` body; bodies over ``max_request_bytes`` get
