@@ -4,7 +4,8 @@
 
 PATH is a TaH checkpoint or a plain Hugging Face directory (served as a Standard model). The
 routes are ``/v1/completions``, ``/v1/chat/completions`` (both with ``stream``), ``/v1/models``
-and ``/health``; see :mod:`tah.engine.server` for the TaH request fields.
+and ``/health``, plus the browser playground at ``/``; see :mod:`tah.engine.server` for the
+TaH request fields.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         state.engine.max_iter,
         state.engine.kind,
     )
+    logger.info("playground: open http://%s:%d/ in a browser", args.host, args.port)
     uvicorn.run(
         app,
         host=args.host,
