@@ -73,7 +73,7 @@ def test_budget_zero_is_the_plain_model(bundled):
 
 @pytest.mark.parametrize("budget", [0.1, 0.3])
 def test_realised_share_tracks_budget_core_and_engine(bundled, budget):
-    engine = Engine.from_tah_model(bundled, max_batch=2)
+    engine = Engine.from_tah_model(bundled, max_batch=2, prefill_chunk=5)  # chunked prompts
     prompts = [prompt_ids(bundled, t) for t in PROMPTS]
     done = engine.generate(
         prompts, SamplingParams(max_tokens=TOKENS, iter_budget=budget, ignore_eos=True)

@@ -49,7 +49,7 @@ def run(engine: Engine, prompt: list[int], params: SamplingParams):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_logprobs_and_echo_equal_model_logits(bundled, temperature):
-    engine = Engine.from_tah_model(bundled, max_batch=2)
+    engine = Engine.from_tah_model(bundled, max_batch=2, prefill_chunk=7)  # several chunks
     prompt = bundled.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     params = SamplingParams(
         max_tokens=24, temperature=temperature, seed=3, logprobs=3, echo=True, ignore_eos=True
@@ -178,3 +178,18 @@ def test_bad_logprob_and_budget_requests_get_400(client, body, field):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == field or field is None
+
+
+def test_echo_on_a_model_that_never_iterates():
+    plain = TaHForCausalLM.from_pretrained(BUNDLED, decider="never")
+    engine = Engine.from_tah_model(plain, max_batch=1, prefill_chunk=7)  # several chunks
+    prompt = plain.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    req, events = run(engine, prompt, SamplingParams(max_tokens=3, logprobs=0, echo=True))
+    full = prompt + req.output
+    with torch.inference_mode():
+        lp = torch.log_softmax(plain(torch.tensor([full])).logits[0].float(), -1)
+    got = [e["logprob"] for e in events[0].prompt_logprobs[1:]]
+    got += [e.logprobs[0]["logprob"] for e in events]
+    assert got == pytest.approx([float(lp[i - 1, full[i]]) for i in range(1, len(full))], abs=1e-4)
+    assert events[0].prompt_iter_counts == [1] * len(prompt)
+    assert all(e.decider_probs is None for e in events)

@@ -418,7 +418,8 @@ class Engine:
 
     def threshold_of(self, req: Request) -> float:
         if req.trace is not None and req.trace.budget is not None:
-            return req.trace.budget.threshold()
+            budget = req.trace.budget
+            return budget.prompt_threshold() if req.state == PREFILL else budget.threshold()
         return self.threshold if req.params.threshold is None else req.params.threshold
 
     # ------------------------------------------------------------------ TaH pieces

@@ -14,7 +14,10 @@ online controller of the decider's depth-1 probabilities ``p`` (a token iterates
   ``k`` of them iterated, so a deficit (or surplus) is paid back over the next ``horizon``
   tokens and the realised share ``k / n`` converges to ``b`` whatever the drift of ``p``.
 
-Until a probability is seen, τ is the model's (or the request's) threshold. ``b = 0`` gives
+The prompt's tokens are decided with the starting τ, the model's (or the request's) threshold,
+however the prompt is split into prefill chunks, so the engine and the core's single prefill
+pass agree; the prompt's last token (its decision makes the first generated token) counts as
+generated. ``b = 0`` gives
 τ = 1, which no sigmoid output exceeds: no token iterates, exactly the plain model; ``b = 1``
 gives τ = 0 (every token iterates wherever the depth cap allows). Decisions after depth 1
 (models with more than two depths) use the same τ; only the depth-1 decision counts towards
@@ -77,6 +80,12 @@ class IterBudget:
         owed = self.budget * self.tokens - self.iterated
         return min(max(self.budget + owed / self.horizon, 0.0), 1.0)
 
+    def prompt_threshold(self) -> float:
+        """τ for the prompt's tokens: the starting τ (never/always at budget 0/1)."""
+        if self.budget <= 0.0:
+            return NEVER
+        return ALWAYS if self.budget >= 1.0 else self.initial_threshold
+
     def threshold(self) -> float:
         if self.budget <= 0.0:
             return NEVER
@@ -117,9 +126,10 @@ class RowBudgets:
     def __init__(self, budget: float, initial_threshold: float, rows: int) -> None:
         self.rows = [IterBudget(budget, initial_threshold) for _ in range(rows)]
 
-    def thresholds(self, device) -> Tensor:
-        """The (B,) τ for the next forward."""
-        return torch.tensor([r.threshold() for r in self.rows], dtype=torch.float32, device=device)
+    def thresholds(self, device, prompt: bool = False) -> Tensor:
+        """The (B,) τ for the next forward (``prompt``: for the prefill pass)."""
+        taus = [r.prompt_threshold() if prompt else r.threshold() for r in self.rows]
+        return torch.tensor(taus, dtype=torch.float32, device=device)
 
     def observe_prompt(self, decider_logits: Tensor, valid: Tensor) -> None:
         """Depth-1 decider logits (B, T) of the prompt's tokens except each row's last."""

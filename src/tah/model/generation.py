@@ -176,8 +176,8 @@ def generate(
 
     budgets = _row_budgets(model, iter_budget, threshold, batch)
 
-    def tau():
-        return threshold if budgets is None else budgets.thresholds(device)
+    def tau(prompt: bool = False):
+        return threshold if budgets is None else budgets.thresholds(device, prompt)
 
     start = time.perf_counter()
     was_training = model.training
@@ -187,7 +187,7 @@ def generate(
     counts: list[Tensor] = []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     try:
-        out = model(input_ids, attention_mask=mask, cache=cache, threshold=tau())
+        out = model(input_ids, attention_mask=mask, cache=cache, threshold=tau(prompt=True))
         if budgets is not None:
             budgets.observe_prompt(out.decider_logits[..., 0], mask)
         for step in range(max_new_tokens):
