@@ -25,14 +25,16 @@ STEP_DELAY = 0.02
 
 
 class LiveServer:
-    def __init__(self, max_concurrency: int = 8, **app_options) -> None:
+    def __init__(
+        self, max_concurrency: int = 8, step_delay: float = STEP_DELAY, **app_options
+    ) -> None:
         model = tah_model("mlp")
         model.tokenizer = char_tokenizer(64)
         self.engine = Engine.from_tah_model(model, max_batch=4, max_len=128, model_name="tiny")
         step = self.engine.step
 
         def slow_step():
-            time.sleep(STEP_DELAY)
+            time.sleep(step_delay)
             return step()
 
         self.engine.step = slow_step
