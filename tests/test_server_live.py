@@ -18,7 +18,8 @@ import pytest
 
 from conftest import char_tokenizer
 from tah.engine.engine import Engine
-from tah.engine.server import create_app, make_server
+from tah.engine.server import create_app
+from tah.engine.serving import make_server
 from test_engine_equality import tah_model
 
 STEP_DELAY = 0.02
@@ -70,7 +71,8 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 LONG = {"prompt": "abc", "max_tokens": 100, "temperature": 0, "ignore_eos": True, "stream": True}
 
 
-def test_disconnect_frees_the_row():
+def test_disconnect_frees_the_row(caplog):
+    caplog.set_level(logging.INFO)
     with LiveServer() as live, httpx.Client(base_url=live.url, timeout=10) as client:
         with client.stream("POST", "/v1/completions", json=LONG) as r:
             assert r.status_code == 200
@@ -85,15 +87,18 @@ def test_disconnect_frees_the_row():
         # The server keeps serving.
         r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3, "temperature": 0})
         assert r.status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-def test_non_streaming_disconnect_aborts():
+def test_non_streaming_disconnect_aborts(caplog):
+    caplog.set_level(logging.INFO)
     with LiveServer() as live:
         body = {**LONG, "stream": False}
         with contextlib.suppress(httpx.TimeoutException), httpx.Client(timeout=0.3) as client:
             client.post(f"{live.url}/v1/completions", json=body)
         assert wait_for(lambda: live.engine.n_rows == 0 and not live.engine.requests)
         assert live.engine.stats["tokens"] < body["max_tokens"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_concurrency_limit_returns_429():

@@ -190,7 +190,7 @@ def build_app(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     _require_server_packages()
-    from tah.engine.server import serve
+    from tah.engine.serving import serve
 
     app = build_app(args)
     state = app.state.tah

@@ -12,6 +12,7 @@ silently ignored; their neutral values (``presence_penalty: 0``, ``tools: []`` .
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal
 
@@ -69,6 +70,30 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # ---------------------------------------------------------------------- request bytes -> JSON
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, or a 413 past ``limit`` bytes / a 408 past ``timeout`` seconds (so a
+    client that stalls mid-body cannot hold the server's attention for long)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {timeout:g} s", "request_timeout"
+        ) from None
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 

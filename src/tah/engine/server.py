@@ -17,7 +17,7 @@ Robustness: every error, from bad JSON to an unknown route, is a 4xx with an Ope
 of the ``max_concurrency`` slots, so clients that stall mid-body cannot starve the others;
 more requests than slots get 429. A client that disconnects has its request aborted, which
 frees its engine row. A request whose sampling fails ends alone with a 500 (the engine isolates
-it). On shutdown (:func:`serve`) new requests get 503, requests in flight get
+it). On shutdown (:func:`tah.engine.serving.serve`) new requests get 503, requests in flight get
 ``shutdown_timeout`` seconds to finish, then end with finish reason ``abort`` (streams still
 send ``[DONE]``), and the engine thread stops.
 """
@@ -45,6 +45,7 @@ from tah.engine.protocol import (
     parse_body,
     parse_json,
     prepare,
+    read_body,
     sse_event,
 )
 from tah.engine.request import TokenEvent
@@ -181,38 +182,13 @@ def create_app(
     return app
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Run ``app`` under uvicorn until SIGINT / SIGTERM, then shut down as the module says."""
-    server = make_server(app, host=host, port=port, log_level=log_level)
-    server.run()
-
-
-def make_server(app: FastAPI, **config: Any):
-    """A ``uvicorn.Server`` for ``app`` whose shutdown drains it first (see
-    :meth:`ServerState.drain`): plain uvicorn would wait for streams, then cut them without an
-    answer and only then tell the app it is shutting down."""
-    import uvicorn
-
-    state: ServerState = app.state.tah
-    config.setdefault("timeout_graceful_shutdown", state.shutdown_timeout + SHUTDOWN_GRACE_S)
-
-    class DrainingServer(uvicorn.Server):
-        async def shutdown(self, sockets=None) -> None:
-            drain = asyncio.ensure_future(state.drain())
-            try:
-                await super().shutdown(sockets)
-            finally:
-                drain.cancel()
-
-    return DrainingServer(uvicorn.Config(app, **config))
-
-
 # ---------------------------------------------------------------------- request handling
 async def _handle(state: ServerState, request: Request, chat: bool):
     if state.closing:
         return error_response(503, "the server is shutting down", "shutting_down")
     try:
-        body = parse_json(await _read_body(state, request))
+        raw = await read_body(request, state.max_request_bytes, state.body_timeout)
+        body = parse_json(raw)
     except APIError as exc:
         return error_response(exc.status, exc.message, exc.code, exc.param)
     except ClientDisconnect:  # gone before sending its body: nobody to answer
@@ -244,32 +220,6 @@ async def _handle(state: ServerState, request: Request, chat: bool):
             run.release()
         elif run is None:
             state.active -= 1
-
-
-async def _read_body(state: ServerState, request: Request) -> bytes:
-    """The whole body, or a 413 past ``max_request_bytes`` / a 408 past ``body_timeout``."""
-    limit = state.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        return await asyncio.wait_for(read(), state.body_timeout)
-    except asyncio.TimeoutError:
-        raise APIError(
-            408,
-            f"the request body did not arrive within {state.body_timeout:g} s",
-            "request_timeout",
-        ) from None
 
 
 class _Run:
