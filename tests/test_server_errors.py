@@ -127,6 +127,8 @@ def test_a_failing_request_does_not_fail_the_others(served, monkeypatch):
         ("/v1/completions", {"prompt": "a", "seed": -(2**63) - 1, "temperature": 1}, "seed"),
         ("/v1/completions", {"prompt": "a", "seed": 10**30}, "seed"),
         ("/v1/completions", {"prompt": "a", "top_k": 1e30}, "top_k"),
+        ("/v1/completions", {"prompt": "a", "stop": "x" * 100_000}, "stop"),
+        ("/v1/completions", {"prompt": "a", "stop": ["x"] * 1000}, "stop"),
         ("/v1/completions", '{"prompt": "\\ud800"}', "surrogate"),
         ("/v1/completions", '{"prompt": "a", "model": "\\udfff"}', "surrogate"),
         ("/v1/completions", '{"prompt": "a", "stop": ["\\ud800"]}', "surrogate"),

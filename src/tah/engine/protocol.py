@@ -25,6 +25,9 @@ from starlette.exceptions import HTTPException
 from tah.engine.sampling import SamplingParams
 from tah.errors import TaHError
 
+# Stop strings are searched (and a possible start of one held back) after every token.
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 1000
+
 
 class APIError(Exception):
     """A client error, answered as an OpenAI-style ``{"error": {...}}`` body."""
@@ -245,6 +248,15 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
     if p.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", "unsupported", "n")
     _reject_unsupported(p)
+    stops = [p.stop] if isinstance(p.stop, str) else p.stop or []
+    if len(stops) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_CHARS for x in stops):
+        raise APIError(
+            400,
+            f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+            "characters each",
+            "invalid_value",
+            "stop",
+        )
     if p.logprobs not in (None, False) or (chat and p.top_logprobs):
         raise APIError(400, "logprobs are not supported", "unsupported", "logprobs")
     if chat:
