@@ -206,3 +206,29 @@ def test_threshold_is_shown_rounded(served):
 def test_nothing_leaks_a_slot(served):
     client, _ = served
     assert client.app.state.tah.active == 0
+
+
+def test_engine_isolates_a_failure_inside_the_decode_batch(monkeypatch):
+    """The bad request fails at its 4th token, while both rows are sampled in one batch."""
+    from tah.engine.sampling import SamplingParams
+
+    engine = Engine.from_tah_model(tah_model("mlp"), max_batch=4, max_len=64)
+    real = engine._draw
+
+    def faulty(logits, rows, reqs):
+        if any(r.request_id == "bad" and len(r.output) >= 3 for r in reqs):
+            raise RuntimeError("injected fault")
+        return real(logits, rows, reqs)
+
+    monkeypatch.setattr(engine, "_draw", faulty)
+    params = SamplingParams(max_tokens=10, temperature=1.0, seed=1, ignore_eos=True)
+    good = engine.add_request([5, 6, 7], params, request_id="good")
+    bad = engine.add_request([5, 6, 8], params, request_id="bad")
+    for _ in range(100):
+        if good.finished and bad.finished:
+            break
+        engine.step()
+    assert good.finish_reason == "length" and len(good.output) == 10
+    assert bad.finish_reason == "error" and "injected fault" in bad.error
+    assert len(bad.output) == 3
+    assert engine.n_rows == 0 and not engine.requests
