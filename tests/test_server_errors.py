@@ -193,6 +193,22 @@ def test_model_retrieve_and_errors_in_openai_shape(served):
     assert_openai_error(client.delete("/v1/models"), 405, "method")
 
 
+def test_an_unexpected_error_is_a_500_in_openai_shape(served, monkeypatch):
+    import tah.engine.server as server_module
+
+    client, _ = served
+
+    def broken(*args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(server_module, "prepare", broken)
+    r = post(client, "/v1/completions", {"prompt": "a"})
+    assert_openai_error(r, 500, "ZeroDivisionError: a bug")
+    assert r.json()["error"]["type"] == "server_error"
+    monkeypatch.undo()
+    assert client.app.state.tah.active == 0
+
+
 def test_threshold_is_shown_rounded(served):
     client, engine = served
     engine_threshold, engine.threshold = engine.threshold, float(torch.tensor(0.95))
