@@ -46,9 +46,20 @@ def test_serve_loads_a_checkpoint_and_answers(tmp_path):
     assert out["choices"][0]["tah"]["iter_counts"] == counts
 
 
-def test_serve_rejects_bad_limits(tmp_path):
-    with pytest.raises(ConfigError, match="max-batch"):
-        build_app(serve_args("--model", str(tmp_path), "--max-batch", "0"))
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-batch", "0"),
+        ("--prefill-chunk", "0"),
+        ("--body-timeout", "-1"),
+        ("--port", "70000"),
+        ("--threshold", "1.5"),
+        ("--max-model-len", "1"),
+    ],
+)
+def test_serve_rejects_bad_limits(tmp_path, flag, value):
+    with pytest.raises(ConfigError, match=flag):
+        build_app(serve_args("--model", str(tmp_path), flag, value))
 
 
 @pytest.fixture(scope="module")

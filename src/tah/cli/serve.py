@@ -152,6 +152,10 @@ def build_app(args: argparse.Namespace):
     for name in ("body_timeout", "shutdown_timeout"):
         if not getattr(args, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.max_model_len is not None and args.max_model_len < 2:
         raise ConfigError(f"--max-model-len must be >= 2, got {args.max_model_len}")
     if args.device is not None:
