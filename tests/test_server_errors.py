@@ -248,3 +248,14 @@ def test_engine_isolates_a_failure_inside_the_decode_batch(monkeypatch):
     assert bad.finish_reason == "error" and "injected fault" in bad.error
     assert len(bad.output) == 3
     assert engine.n_rows == 0 and not engine.requests
+
+
+def test_no_literal_special_tokens_in_text(served):
+    """<|im_end|> (id 2) generated mid-output (ignore_eos) never shows up as text."""
+    client, _ = served
+    body = {"prompt": "hello", "max_tokens": 60, "temperature": 1.0, "seed": 1, "ignore_eos": True}
+    out = post(client, "/v1/completions", body).json()["choices"][0]
+    assert 2 in out["tah"]["token_ids"][:-1]
+    assert "<|im_end|>" not in out["text"] and "<|" not in out["text"]
+    stream = post(client, "/v1/completions", {**body, "stream": True}).text
+    assert "im_end" not in stream
