@@ -45,13 +45,13 @@ def rss_mb() -> float:
 def start_server(args):
     """A random-weight TaH model behind uvicorn on a free loopback port, in a thread."""
     import torch
-    import uvicorn
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from tah import TaHConfig, TaHForCausalLM
     from tah.data.tokenizer import build_task_tokenizer
     from tah.engine.engine import Engine
     from tah.engine.server import create_app
+    from tah.engine.serving import make_server
 
     torch.manual_seed(0)
     tok = build_task_tokenizer(n=400, vocab_size=640)
@@ -78,7 +78,7 @@ def start_server(args):
         model.eval(), max_batch=args.max_batch, max_len=512, model_name="load"
     )
     app = create_app(engine, max_concurrency=args.max_concurrency)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    server = make_server(app, host="127.0.0.1", port=0, log_level="error")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

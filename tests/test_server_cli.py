@@ -46,6 +46,70 @@ def test_serve_loads_a_checkpoint_and_answers(tmp_path):
     assert out["choices"][0]["tah"]["iter_counts"] == counts
 
 
-def test_serve_rejects_bad_limits(tmp_path):
-    with pytest.raises(ConfigError, match="max-batch"):
-        build_app(serve_args("--model", str(tmp_path), "--max-batch", "0"))
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-batch", "0"),
+        ("--prefill-chunk", "0"),
+        ("--body-timeout", "-1"),
+        ("--port", "70000"),
+        ("--threshold", "1.5"),
+        ("--max-model-len", "1"),
+    ],
+)
+def test_serve_rejects_bad_limits(tmp_path, flag, value):
+    with pytest.raises(ConfigError, match=flag):
+        build_app(serve_args("--model", str(tmp_path), flag, value))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = tah_model("mlp")  # a context of 256 positions
+    model.tokenizer = char_tokenizer(64)
+    path = tmp_path_factory.mktemp("serve") / "ckpt"
+    model.save_pretrained(path)
+    return path
+
+
+def test_max_model_len_past_the_models_context_is_refused(checkpoint):
+    with pytest.raises(
+        ConfigError, match=r"--max-model-len 99999 exceeds the model's context of 256"
+    ):
+        build_app(serve_args("--model", str(checkpoint), "--max-model-len", "99999"))
+
+
+def test_cuda_on_a_cpu_only_torch_is_a_clear_error(checkpoint, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        build_app(serve_args("--model", str(checkpoint), "--device", "cuda"))
+
+
+def test_missing_server_packages_say_what_to_install(monkeypatch, capsys):
+    import sys
+
+    from tah.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what `import uvicorn` sees when absent
+    assert main(["serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "uvicorn" in err and "pip install 'tah[serve]'" in err and "Traceback" not in err
+
+
+def test_loading_shows_no_progress_bar(checkpoint, capfd):
+    build_app(serve_args("--model", str(checkpoint), "--max-model-len", "64"))
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+
+
+def test_every_flag_has_help_and_a_default():
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    for action in serve._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        assert "default" in action.help, action.option_strings
+    text = serve.format_help()
+    assert "(default: 127.0.0.1)" in text and "(default: 8000)" in text

@@ -404,7 +404,7 @@ class Engine:
             self.lengths[row] = 0
             self.store.reset_row(row)
             p = req.params
-            self.topk_row[row] = p.top_k
+            self.topk_row[row] = min(p.top_k, self.shape.vocab_size)  # any k >= vocab is off
             self.temp[row] = p.temperature if p.temperature > 0 else 1.0
             self.topp[row] = p.top_p
             self.minp[row] = p.min_p
@@ -440,7 +440,26 @@ class Engine:
 
     # ------------------------------------------------------------------ sampling and output
     def draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
-        """Sample one token per row with each request's settings and generator."""
+        """Sample one token per row with each request's settings and generator.
+
+        If the batched draw fails, the rows are drawn one by one and only a request whose own
+        draw fails is marked failed (``req.error``; :meth:`emit` then ends it with reason
+        'error'), so one bad request never fails the others in the step.
+        """
+        try:
+            return self._draw(logits, rows, reqs)
+        except Exception:
+            logger.warning("batched sampling failed; drawing the %d rows one by one", len(reqs))
+        tokens = logits.argmax(dim=-1)
+        for i, req in enumerate(reqs):
+            try:
+                tokens[i] = self._draw(logits[i : i + 1], rows[i : i + 1], [req])[0]
+            except Exception as exc:
+                logger.error("sampling failed for request %s: %r", req.request_id, exc)
+                req.error = f"{type(exc).__name__}: {exc}"
+        return tokens
+
+    def _draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
         ps = [r.params for r in reqs]
         probs = filter_probs(
             logits,
@@ -463,6 +482,9 @@ class Engine:
         logits: Tensor | None = None,
     ) -> None:
         """Hand ``token`` (drawn from ``logits``, its cumulative logits) to its request."""
+        if req.error is not None:  # its draw failed (see draw): end it alone, with the error
+            self._finish(req, "error", events)
+            return
         now = time.perf_counter()
         if req.first_token_at is None:
             req.first_token_at = now

@@ -4,19 +4,30 @@ Why pydantic models of our own rather than the ``openai`` package's types: the s
 accept the TaH fields (``tah_threshold``, ``max_iter``) and the common extensions (``top_k``,
 ``min_p``, ``ignore_eos``, ``stop_token_ids``), treat ``null`` as "default" the way OpenAI
 clients send it, and turn every invalid value into a 4xx whose message names the field.
+
+OpenAI features the engine does not implement (tools, ``response_format``, penalties,
+``logit_bias``) are rejected with a 400 that says so when a request asks for them, rather than
+silently ignored; their neutral values (``presence_penalty: 0``, ``tools: []`` ...) are accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 
 from tah.engine.sampling import SamplingParams
 from tah.engine.trace import MAX_TOP_LOGPROBS
 from tah.errors import TaHError
+
+# Stop strings are searched (and a possible start of one held back) after every token.
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 1000
 
 
 class APIError(Exception):
@@ -33,6 +44,100 @@ def error_response(status: int, message: str, code: str | None = None, param: st
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error, from any route or from the router itself (404, 405), in the OpenAI
+    error shape instead of FastAPI's ``{"detail": ...}``."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.code, exc.param)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        response = error_response(exc.status_code, message, _HTTP_CODES.get(exc.status_code))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: logged by the server too
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "internal_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"invalid '{where}': {first.get('msg')}", "invalid_value")
+
+
+# ---------------------------------------------------------------------- request bytes -> JSON
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, or a 413 past ``limit`` bytes / a 408 past ``timeout`` seconds (so a
+    client that stalls mid-body cannot hold the server's attention for long)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {timeout:g} s", "request_timeout"
+        ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body; every way it can be malformed is a 400 naming the problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise APIError(
+            400, f"request body is not valid JSON: it is not UTF-8 text ({exc})", "invalid_json"
+        ) from None
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise APIError(
+            400, "request body is not valid JSON: it is nested too deeply", "invalid_json"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, NaN / Infinity
+        raise APIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+    if "\\u" in text:  # only \uXXXX escapes can make a lone surrogate (UTF-8 text cannot)
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(exc.object[exc.start])
+            raise APIError(
+                400,
+                f"request body holds a lone UTF-16 surrogate (\\u{code:04x}), which is not "
+                "text: send valid Unicode",
+                "invalid_json",
+            ) from None
+        except RecursionError:
+            raise APIError(
+                400, "request body is not valid JSON: it is nested too deeply", "invalid_json"
+            ) from None
+    return body
 
 
 # ---------------------------------------------------------------------- request bodies
@@ -60,6 +165,10 @@ class _Common(BaseModel):
     tah_iter_budget: float | None = None
     # Stream each token's decider probabilities in ``tah.decider_probs`` (the playground).
     tah_decider_probs: bool | None = False
+    # Not implemented: accepted only at their neutral values (see _reject_unsupported).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
 
 
 class CompletionBody(_Common):
@@ -79,6 +188,47 @@ class ChatBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    tool_choice: Any = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+def _reject_unsupported(p: CompletionBody | ChatBody) -> None:
+    """A 400 for a feature the request asks for that this server does not implement."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(p, name) not in (None, 0):
+            raise APIError(
+                400, f"{name} is not supported by this server (only 0)", "unsupported", name
+            )
+    if p.logit_bias:
+        raise APIError(
+            400, "logit_bias is not supported by this server", "unsupported", "logit_bias"
+        )
+    if not isinstance(p, ChatBody):
+        return
+    for name in ("tools", "functions"):
+        if getattr(p, name):
+            raise APIError(
+                400,
+                f"{name} (function calling) are not supported by this server",
+                "unsupported",
+                name,
+            )
+    for name in ("tool_choice", "function_call"):
+        if getattr(p, name) not in (None, "none", "auto"):
+            raise APIError(
+                400, f"{name} is not supported by this server (tools are not)", "unsupported", name
+            )
+    kind = (p.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise APIError(
+            400,
+            f"response_format {kind!r} is not supported by this server (only 'text')",
+            "unsupported",
+            "response_format",
+        )
 
 
 def parse_body(body: Any, chat: bool) -> CompletionBody | ChatBody:
@@ -107,6 +257,16 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
     if p.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", "unsupported", "n")
     logprobs = _logprobs(p, chat)
+    _reject_unsupported(p)
+    stops = [p.stop] if isinstance(p.stop, str) else p.stop or []
+    if len(stops) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_CHARS for x in stops):
+        raise APIError(
+            400,
+            f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+            "characters each",
+            "invalid_value",
+            "stop",
+        )
     if chat:
         ids = _chat_ids(tok, p)  # type: ignore[arg-type]
     else:
@@ -125,6 +285,15 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             400, f"max_tokens must be >= 1, got {max_tokens}", "invalid_value", "max_tokens"
         )
     top_k = 0 if p.top_k in (None, -1) else p.top_k
+    vocab = engine.shape.vocab_size
+    outside = [t for t in p.stop_token_ids or () if not 0 <= t < vocab]
+    if outside:
+        raise APIError(
+            400,
+            f"stop_token_ids {outside[:5]} are outside the vocabulary [0, {vocab})",
+            "invalid_value",
+            "stop_token_ids",
+        )
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if p.temperature is None else p.temperature,
@@ -201,11 +370,11 @@ def _chat_ids(tok, p: ChatBody) -> list[int]:
             400, "this model has no chat template: use /v1/completions", "no_chat_template"
         )
     messages = []
-    for m in p.messages:
+    for i, m in enumerate(p.messages):
         content = m.content
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        if isinstance(content, list):  # OpenAI content parts: text ones only
             content = "".join(
-                part.get("text", "") for part in content if part.get("type") == "text"
+                _text_part(part, f"messages.{i}.content.{j}") for j, part in enumerate(content)
             )
         messages.append(
             {"role": "system" if m.role == "developer" else m.role, "content": content or ""}
@@ -217,6 +386,22 @@ def _chat_ids(tok, p: ChatBody) -> list[int]:
             400, f"cannot apply the chat template: {exc}", "invalid_value", "messages"
         ) from None
     return list(tok.encode(text, add_special_tokens=False))
+
+
+def _text_part(part: dict[str, Any], where: str) -> str:
+    if part.get("type") != "text":
+        raise APIError(
+            400,
+            f"{where}: only text content parts are supported, got type {part.get('type')!r}",
+            "unsupported",
+            where,
+        )
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise APIError(
+            400, f"{where}.text must be a string, got {type(text).__name__}", "invalid_value", where
+        )
+    return text
 
 
 # Characters that str.splitlines() (and so some SSE clients) treat as line breaks although JSON

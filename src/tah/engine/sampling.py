@@ -5,6 +5,12 @@ server batches requests that each carry their own temperature, top-k/top-p/min-p
 order of operations is the one ``TaHForCausalLM.generate`` uses (METHOD.md A.10.2):
 temperature -> softmax -> min-p -> top-k -> top-p -> multinomial, each request drawing from its
 own seeded generator, so a seeded request gives the same tokens whatever else is in the batch.
+
+Every value :meth:`SamplingParams.validate` accepts is numerically safe: a temperature too
+small for float32 (1e-300) is raised to :data:`MIN_TEMPERATURE`, which is greedy in all but
+exact ties; the most probable token always survives top-p (so ``top_p: 1e-300`` is greedy);
+a top-k past the vocabulary is off; and a row left with no finite positive weight falls back
+to its argmax instead of failing the multinomial draw (and with it, the batch).
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import torch
 from torch import Tensor
 
 from tah.errors import ConfigError
+
+# Temperatures below this are raised to it: at 1e-6 a logit gap of 1e-4 already gives a weight
+# ratio of e^-100, so this is greedy up to ties, while logits / temperature stays finite.
+MIN_TEMPERATURE = 1e-6
+# What torch.Generator.manual_seed accepts: the int64 and uint64 ranges together.
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass
@@ -63,8 +75,14 @@ class SamplingParams:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
         if self.max_iter is not None and (not isinstance(self.max_iter, int) or self.max_iter < 1):
             raise ConfigError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]
+        ):
+            raise ConfigError(f"seed must be an integer in [-2**63, 2**64 - 1], got {self.seed!r}")
+        if self.stop_token_ids is not None and not all(
+            isinstance(t, int) for t in self.stop_token_ids
+        ):
+            raise ConfigError(f"stop_token_ids must be integers, got {self.stop_token_ids!r}")
         from tah.engine.trace import check_logprobs
         from tah.model.budget import check_budget
 
@@ -88,9 +106,11 @@ def filter_probs(
     for that row. The ``any_*`` flags (known on the host) skip a filter for the whole batch
     without a device sync. Per row this is exactly ``tah.model.generation.sample_next``:
     min-p drops tokens below min_p * max prob; top-k keeps tokens >= the k-th largest prob
-    (ties kept); top-p renormalises and drops tokens whose preceding mass is >= top_p.
+    (ties kept); top-p renormalises and drops tokens whose preceding mass is >= top_p, but
+    never the most probable one. Every row keeps at least one token (see the module docstring).
     """
-    probs = torch.softmax(logits.float() / temperature[:, None].float(), dim=-1)
+    temperature = temperature.float().clamp_min(MIN_TEMPERATURE)
+    probs = torch.softmax(logits.float() / temperature[:, None], dim=-1)
     if any_min_p:
         floor = probs.amax(dim=-1, keepdim=True) * min_p[:, None].float()
         probs = probs.masked_fill(probs < floor, 0.0)
@@ -106,10 +126,21 @@ def filter_probs(
         normed = probs / probs.sum(dim=-1, keepdim=True)
         sorted_probs, order = normed.sort(dim=-1, descending=True)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= top_p[:, None].float(), 0.0)
+        drop = before >= top_p[:, None].float()
+        drop[:, 0] = False  # the most probable token stays, however small top_p is
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         filtered = torch.zeros_like(normed).scatter(-1, order, sorted_probs)
         probs = torch.where(use_p[:, None], filtered, probs)
-    return probs
+    return _never_empty(probs, logits)
+
+
+def _never_empty(probs: Tensor, logits: Tensor) -> Tensor:
+    """Rows with NaN/inf or no positive weight left become one-hot on their argmax (no sync)."""
+    probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    empty = ~(probs.sum(dim=-1, keepdim=True) > 0)
+    best = torch.nan_to_num(logits.float(), nan=float("-inf")).argmax(dim=-1, keepdim=True)
+    one_hot = torch.zeros_like(probs).scatter(-1, best, 1.0)
+    return torch.where(empty, one_hot, probs)
 
 
 def sample_rows(probs: Tensor, generators: list[torch.Generator | None]) -> Tensor:

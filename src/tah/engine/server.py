@@ -14,17 +14,20 @@ to OpenAI JSON / server-sent events, plus the TaH extras:
   ``top_logprobs`` / ``echo`` and ``tah_decider_probs`` (``tah.engine.trace`` records them,
   ``tah.engine.extras`` formats them); the playground page at ``/`` (``playground.py``).
 
-Robustness: bad JSON, unknown model, invalid values and prompts that do not fit the context
-get a 4xx with an OpenAI-style ``{"error": {...}}`` body; bodies over ``max_request_bytes`` get
-413; more than ``max_concurrency`` requests in flight get 429; a client that disconnects has
-its request aborted, which frees its engine row; on shutdown new requests get 503, requests in
-flight finish (uvicorn's graceful timeout bounds that), then the engine thread stops.
+Robustness: every error, from bad JSON to an unknown route, is a 4xx with an OpenAI-style
+``{"error": {...}}`` body (:func:`~tah.engine.protocol.install_error_handlers`). A body is read
+(within ``body_timeout`` seconds, at most ``max_request_bytes``) *before* the request takes one
+of the ``max_concurrency`` slots, so clients that stall mid-body cannot starve the others;
+more requests than slots get 429. A client that disconnects has its request aborted, which
+frees its engine row. A request whose sampling fails ends alone with a 500 (the engine isolates
+it). On shutdown (:func:`tah.engine.serving.serve`) new requests get 503, requests in flight get
+``shutdown_timeout`` seconds to finish, then end with finish reason ``abort`` (streams still
+send ``[DONE]``), and the engine thread stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -33,18 +36,31 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
+from tah.engine.detokenize import IncrementalDecoder
 from tah.engine.engine import Engine
 from tah.engine.extras import RunExtras
 from tah.engine.playground import add_playground
-from tah.engine.protocol import APIError, error_response, parse_body, prepare, sse_event
+from tah.engine.protocol import (
+    APIError,
+    error_response,
+    install_error_handlers,
+    parse_body,
+    parse_json,
+    prepare,
+    read_body,
+    sse_event,
+)
 from tah.engine.request import TokenEvent
 from tah.errors import TaHError
 
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.5
+# uvicorn's own cut-off comes this long after ours, so aborted requests can still answer.
+SHUTDOWN_GRACE_S = 5.0
 
 
 # ---------------------------------------------------------------------- the app
@@ -56,6 +72,7 @@ class ServerState:
         max_concurrency: int,
         max_request_bytes: int,
         shutdown_timeout: float,
+        body_timeout: float,
     ) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
@@ -63,10 +80,43 @@ class ServerState:
         self.max_concurrency = max_concurrency
         self.max_request_bytes = max_request_bytes
         self.shutdown_timeout = shutdown_timeout
+        self.body_timeout = body_timeout
         self.active = 0
+        self.runs: set[_Run] = set()
         self.closing = False
         self.created = int(time.time())
-        self.served = 0
+
+    def model_card(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "tah",
+            "max_model_len": engine.max_len,
+            "tah": {
+                "max_iter": engine.max_iter,
+                "decider": engine.kind,
+                # the decider keeps it in float32: 0.95 would show as 0.949999988
+                "threshold": float(f"{engine.threshold:.6g}"),
+            },
+        }
+
+    async def drain(self) -> None:
+        """Refuse new requests, give those in flight ``shutdown_timeout`` seconds, then end
+        the rest with finish reason 'abort' and wait (briefly) until they have answered."""
+        self.closing = True
+        deadline = time.monotonic() + self.shutdown_timeout
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.active:
+            return
+        logger.warning("shutdown: aborting %d request(s) still in flight", len(self.runs))
+        for run in list(self.runs):
+            run.cut("abort")
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
 
 def create_app(
@@ -75,6 +125,7 @@ def create_app(
     max_concurrency: int = 64,
     max_request_bytes: int = 1 << 20,
     shutdown_timeout: float = 30.0,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """The FastAPI app serving ``engine``; the engine's thread starts and stops with the app."""
     state = ServerState(
@@ -83,6 +134,7 @@ def create_app(
         max_concurrency,
         max_request_bytes,
         shutdown_timeout,
+        body_timeout,
     )
 
     @asynccontextmanager
@@ -91,18 +143,12 @@ def create_app(
         try:
             yield
         finally:
-            state.closing = True
-            deadline = time.monotonic() + state.shutdown_timeout
-            while state.active and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await state.drain()
             engine.stop()
 
     app = FastAPI(title="tah", lifespan=lifespan)
     app.state.tah = state
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.code, exc.param)
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health():
@@ -117,23 +163,18 @@ def create_app(
 
     @app.get("/v1/models")
     async def models():
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": state.model_name,
-                    "object": "model",
-                    "created": state.created,
-                    "owned_by": "tah",
-                    "max_model_len": engine.max_len,
-                    "tah": {
-                        "max_iter": engine.max_iter,
-                        "decider": engine.kind,
-                        "threshold": engine.threshold,
-                    },
-                }
-            ],
-        }
+        return {"object": "list", "data": [state.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        if model_id != state.model_name:
+            raise APIError(
+                404,
+                f"model '{model_id}' does not exist; this server serves '{state.model_name}'",
+                "model_not_found",
+                "model",
+            )
+        return state.model_card()
 
     add_playground(app)
 
@@ -152,48 +193,40 @@ def create_app(
 async def _handle(state: ServerState, request: Request, chat: bool):
     if state.closing:
         return error_response(503, "the server is shutting down", "shutting_down")
+    try:
+        raw = await read_body(request, state.max_request_bytes, state.body_timeout)
+        body = parse_json(raw)
+    except APIError as exc:
+        return error_response(exc.status, exc.message, exc.code, exc.param)
+    except ClientDisconnect:  # gone before sending its body: nobody to answer
+        return Response(status_code=499)
+    if state.closing:
+        return error_response(503, "the server is shutting down", "shutting_down")
     if state.active >= state.max_concurrency:
         return error_response(
             429,
             f"too many requests in flight (limit {state.max_concurrency}); retry later",
             "rate_limited",
         )
-    state.active += 1
-    handed_off = False
+    state.active += 1  # given back by run.release(), or below if no run starts
+    run, handed_off = None, False
     try:
-        body = await _read_json(state, request)
         parsed = parse_body(body, chat)
         prompt_ids, params = prepare(state, parsed, chat)
         stop = [parsed.stop] if isinstance(parsed.stop, str) else list(parsed.stop or [])
         run = _Run(state, prompt_ids, params, stop, chat, parsed)
         run.submit()
         if parsed.stream:
-            handed_off = True  # the response releases the slot when it ends, however it ends
+            handed_off = True  # the response releases the run when it ends, however it ends
             return _StreamResponse(run, run.sse(request))
         return await run.complete(request)
     except APIError as exc:
         return error_response(exc.status, exc.message, exc.code, exc.param)
     finally:
-        if not handed_off:
+        if run is not None and not handed_off:
+            run.release()
+        elif run is None:
             state.active -= 1
-
-
-async def _read_json(state: ServerState, request: Request) -> Any:
-    limit = state.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
 
 
 class _Run:
@@ -217,13 +250,19 @@ class _Run:
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.token_ids: list[int] = []
         self.iter_counts: list[int] = []
-        self.text = ""  # decoded so far (without held-back text)
+        tok = state.tokenizer
+        self.decoder = IncrementalDecoder(tok) if tok is not None else None
+        self.decoded = ""  # all text decoded so far, stop strings applied
+        self.searched = 0  # characters of ``decoded`` already searched for stop strings
+        self.longest_stop = max((len(x) for x in stop), default=0)
+        self.text = ""  # visible text (``decoded`` minus a possible start of a stop string)
         self.sent = 0  # characters of ``text`` already sent
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.req = None
         self.released = False
         self.checked = time.monotonic()
+        state.runs.add(self)
 
     def release(self) -> None:
         """Abort the engine request if still running and give the concurrency slot back."""
@@ -231,6 +270,13 @@ class _Run:
         if not self.released:
             self.released = True
             self.state.active -= 1
+            self.state.runs.discard(self)
+
+    def cut(self, reason: str) -> None:
+        """End this request now with ``reason``, whatever the engine is doing (shutdown)."""
+        request_id = self.req.request_id if self.req is not None else ""
+        self.queue.put_nowait(TokenEvent(request_id, [], [], True, reason))
+        self.abort()
 
     def submit(self) -> None:
         loop = asyncio.get_running_loop()
@@ -271,19 +317,21 @@ class _Run:
         if event.finished:
             self.finish_reason = event.finish_reason
             self.error = event.error
-        tok = self.state.tokenizer
-        if tok is None:
+        if self.decoder is None:
             return ""
-        full = tok.decode(self.token_ids, skip_special_tokens=True)
         final = event.finished
-        if full.endswith("\ufffd") and not final:
-            full = full[:-1]  # an incomplete UTF-8 sequence: wait for the next token
+        full = self.decoded + self.decoder.add(event.token_ids)
+        if final:
+            full += self.decoder.finish()
+        # a stop string can only newly appear where the new text, or its overlap, is
+        start = max(0, self.searched - self.longest_stop + 1)
         for s in self.stop:
-            at = full.find(s)
-            if s and at != -1:
+            at = full.find(s, start) if s else -1
+            if at != -1:
                 full, final = full[:at], True
                 self.finish_reason = "stop"
                 self.abort()
+        self.decoded, self.searched = full, len(full)
         visible = full
         if not final and self.stop:  # hold back a possible start of a stop string
             hold = max(len(s) for s in self.stop) - 1
