@@ -34,6 +34,7 @@ from typing import Any
 from tah.errors import CheckpointError, ConfigError
 from tah.evaluation.prompts import has_chat_template
 from tah.evaluation.sampling import SamplingParams, make_hf_processor
+from tah.model.checkpoint import check_safetensors
 from tah.model.loading import check_model_source, resolve_device, resolve_dtype
 
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
@@ -215,6 +216,8 @@ class HFBackend(Backend):
         dtype = resolve_dtype(options.dtype, self.device)
         options.reject_unused(self.name)
         self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
+        if Path(model_path).is_dir():
+            check_safetensors(model_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=dtype, trust_remote_code=options.trust_remote_code

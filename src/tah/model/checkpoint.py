@@ -39,6 +39,59 @@ PUBLISHED_DECIDER_NAME = "iter_decider.bin"
 LORA_DIR = "lora"
 
 
+def damaged_file(path: str | os.PathLike, exc: BaseException) -> CheckpointError:
+    """The error for a weights file that exists but cannot be read."""
+    return CheckpointError(
+        f"{path} is damaged (not a readable weights file: {exc}); it was probably cut short by "
+        "an interrupted copy, download or save: copy it again or re-save the checkpoint"
+    )
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or garbage file is a CheckpointError
+    that names it (safetensors' own error names neither the file nor the remedy)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise CheckpointError(f"{path} does not exist") from None
+        raise damaged_file(path, exc) from None
+
+
+def check_safetensors(directory: str | os.PathLike) -> None:
+    """Open the header of every ``*.safetensors`` in ``directory`` and its ``lora/`` folder.
+
+    Cheap (headers and a size check only, no tensor is read); run before handing the folder to
+    transformers or PEFT, whose loaders let a damaged file escape as a raw ``SafetensorError``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    for path in sorted([*directory.glob("*.safetensors"), *directory.glob("*/*.safetensors")]):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise damaged_file(path, exc) from None
+
+
+def check_finite(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Reject weights holding NaN or infinity (a diverged or corrupted save)."""
+    bad = sorted(
+        name
+        for name, tensor in weights.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    )
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite values in {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}; the checkpoint is unusable (a diverged run or a "
+            "damaged file): use an earlier checkpoint"
+        )
+
+
 def clean_base_state_dict(model: TaHForCausalLM) -> dict[str, torch.Tensor]:
     """The base model's weights under their plain HF names (no LoRA, no peft prefixes)."""
     state = {}
@@ -101,6 +154,8 @@ def _load_published_decider(path: Path) -> dict[str, torch.Tensor]:
             f"{path} holds objects that cannot be loaded safely (weights_only=True refused: "
             f"{exc}); refusing to execute pickled code"
         ) from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise damaged_file(path, exc) from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(
             f"{path} is not a TaH decider file (expected a dict with 'state_dict')"
@@ -138,6 +193,7 @@ def load_pretrained(
         raise CheckpointError(f"{root} has no config.json for the base model")
     if not any(root.glob("*.safetensors")) and not any(root.glob("*.bin")):
         raise CheckpointError(f"{root} has no base model weights (model.safetensors)")
+    check_safetensors(root)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
@@ -165,9 +221,11 @@ def load_pretrained(
     state = model.decider.state_dict()
     if state:
         if (root / DECIDER_NAME).is_file():
-            weights = load_file(str(root / DECIDER_NAME))
+            weights = read_safetensors(root / DECIDER_NAME)
+            check_finite(weights, root / DECIDER_NAME)
         elif (root / PUBLISHED_DECIDER_NAME).is_file():
             weights = _load_published_decider(root / PUBLISHED_DECIDER_NAME)
+            check_finite(weights, root / PUBLISHED_DECIDER_NAME)
         elif saved.decider == config.decider:
             raise CheckpointError(f"{root} has no decider weights ({DECIDER_NAME})")
         else:
@@ -210,7 +268,11 @@ def load_model(
         raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    check_safetensors(root)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
     tokenizer = AutoTokenizer.from_pretrained(root) if _has_tokenizer(root) else None
     model = TaHForCausalLM.from_base(base, TaHConfig(max_iter=1, decider="never"), tokenizer)
     if device is not None:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tah.errors import CheckpointError, ConfigError, TaHError
+from tah.model.checkpoint import check_safetensors
 from tah.training.losses import (
     IGNORE,
     decider_bce_sum,
@@ -162,6 +163,7 @@ def _build_model(recipe: Recipe, info: ModelInfo, resume_dir: str | Path | None)
     dtype = _DTYPES[m.dtype]
     if recipe.stage == "standard":
         if resume_dir is not None:
+            check_safetensors(resume_dir)
             model = AutoModelForCausalLM.from_pretrained(str(resume_dir), dtype=dtype)
         else:
             model = _load_hf(recipe, dtype)
@@ -217,6 +219,8 @@ def _load_hf(recipe: Recipe, dtype: torch.dtype) -> nn.Module:
         config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         torch.manual_seed(recipe.train.seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if Path(m.base).is_dir():
+        check_safetensors(m.base)
     try:
         return AutoModelForCausalLM.from_pretrained(m.base, dtype=dtype)
     except (OSError, ValueError) as exc:
