@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from tah.errors import ConfigError
-from tah.evaluation.backends import (
+from tah.evaluation.backend_base import (
     Backend,
     BackendOptions,
     Generation,
@@ -77,6 +77,7 @@ class OracleBackend(Backend):
             .eval()
         )
         self.stops = stop_token_ids(self.tokenizer, self.model.base_model)
+        self.context_length = self.model.max_context
         self._torch = torch
 
     def info(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from tah.errors import ConfigError
-from tah.evaluation.backends import (
+from tah.evaluation.backend_base import (
     Backend,
     BackendOptions,
     Generation,
@@ -79,6 +79,7 @@ class SoftThinkBackend(Backend):
             .eval()
         )
         self.stops = stop_token_ids(self.tokenizer, self.model)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.think_open = _single_token_id(self.tokenizer, "<think>")
         self.think_close = _single_token_id(self.tokenizer, "</think>")
         if self.scope == "auto":
