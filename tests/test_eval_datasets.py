@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tah.errors import ConfigError, DataError
@@ -105,7 +107,12 @@ def test_folder_with_test_jsonl_and_saved_dataset(tmp_path):
             ],
             "duplicate",
         ),
-        ([{"id": "a", "text": "p"}], "lacks a question"),
+        ([{"id": "a", "text": "p"}], r"record 0 \(counting from 0\) has no question field"),
+        ([{"problem": "p", "answer": None}], "answer field 'answer' is null"),
+        ([{"problem": "p", "answer": "  "}], "answer field 'answer' is empty"),
+        ([{"problem": "", "answer": "1"}], "question field 'problem' is empty"),
+        ([{"problem": "p", "answer": ["1"]}], "must be text or a number, got list"),
+        ([[{"problem": "p", "answer": "1"}]], "a JSON array, not one record"),
         ([], "no problems"),
     ],
 )
@@ -120,6 +127,22 @@ def test_malformed_json_names_the_line(tmp_path):
     path.write_text('{"problem": "p", "answer": "1"}\n{not json\n')
     with pytest.raises(DataError, match="broken.jsonl:2"):
         load_eval_dataset(str(path))
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [b'{"problem": "p%d", "answer": "1"}' % i for i in range(3000)]
+    lines[2500] = '{"problem": "caf\u00e9", "answer": "1"}'.encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match="latin1.jsonl:2501: not UTF-8"):
+        load_eval_dataset(str(path))
+
+
+def test_json_array_file_is_accepted(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"problem": "p", "answer": 3}, {"problem": "q", "answer": "4"}]))
+    ds = load_eval_dataset(str(path))
+    assert [(p.question, p.answer) for p in ds.problems] == [("p", "3"), ("q", "4")]
 
 
 def test_unknown_name_is_a_clear_error():

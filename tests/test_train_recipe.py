@@ -174,3 +174,10 @@ def test_unquoted_yaml_no_for_mixed_precision_means_no(tmp_path):
     raw["train"]["mixed_precision"] = True
     with pytest.raises(ConfigError, match="train.mixed_precision must be one of .*got True"):
         recipe_from_dict(raw)
+
+
+def test_non_utf8_recipe_names_the_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"stage: stage1\n# caf\xe9\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2 is not UTF-8"):
+        load_recipe(path)

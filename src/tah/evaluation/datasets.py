@@ -127,6 +127,32 @@ def _pick(record: dict[str, Any], preferred: str | None, candidates: Sequence[st
     return None
 
 
+def _field(
+    record: dict[str, Any],
+    preferred: str | None,
+    candidates: Sequence[str],
+    what: str,
+    source: str,
+    index: int,
+) -> Any:
+    """The record's question or answer; missing, null and empty values are named apart."""
+    keys = [preferred, *candidates] if preferred else list(candidates)
+    key = next((k for k in keys if k in record), None)
+    where = f"{source}: record {index} (counting from 0)"
+    if key is None:
+        raise DataError(
+            f"{where} has no {what} field: expected one of {keys}, found keys {sorted(record)}"
+        )
+    value = record[key]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: {what} field {key!r} is {'null' if value is None else 'empty'}")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DataError(
+            f"{where}: {what} field {key!r} must be text or a number, got {type(value).__name__}"
+        )
+    return value
+
+
 def _clean_answer(value: Any) -> str:
     """Gold answers as strings: ``#### N`` GSM8K solutions reduced to N, ``27.0`` to ``27``."""
     if isinstance(value, float) and value.is_integer():
@@ -153,13 +179,8 @@ def records_to_problems(
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {index} is not a JSON object")
-        question = _pick(record, question_field, _QUESTION_FIELDS)
-        answer = _pick(record, answer_field, _ANSWER_FIELDS)
-        if question is None or answer is None:
-            raise DataError(
-                f"{source}: record {index} lacks a question or an answer field "
-                f"(have {sorted(record)}; expected one of {_QUESTION_FIELDS} and {_ANSWER_FIELDS})"
-            )
+        question = _field(record, question_field, _QUESTION_FIELDS, "question", source, index)
+        answer = _field(record, answer_field, _ANSWER_FIELDS, "answer", source, index)
         raw_id = _pick(record, id_field, _ID_FIELDS)
         pid = str(index) if raw_id is None else str(raw_id)
         if pid in seen:
@@ -173,18 +194,38 @@ def records_to_problems(
     return problems
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL file, naming the line of any malformed record."""
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read a JSONL file (or a ``.json`` file holding one array), naming the line of any
+    malformed record."""
+    raw = Path(path).read_bytes()
+    if Path(path).suffix == ".json" and raw.lstrip()[:1] == b"[":
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        return data
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, line_bytes in enumerate(raw.splitlines(), 1):
+        try:
+            line = line_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: not UTF-8 text ({exc.reason}); save the file as UTF-8"
+            ) from None
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(record, list):
+            raise DataError(
+                f"{path}:{lineno}: a JSON array, not one record; write one JSON object per line "
+                "(JSONL), or save the array in a .json file"
+            )
+        records.append(record)
     return records
 
 

@@ -306,6 +306,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"recipe {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        line = text_line_of(path.read_bytes(), exc.start)
+        raise ConfigError(
+            f"recipe {path}:{line} is not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"recipe {path} is a directory, not a YAML file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -315,6 +322,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
     return recipe_from_dict(raw, overrides, source=str(path))
+
+
+def text_line_of(raw: bytes, offset: int) -> int:
+    """1-based line number of byte ``offset`` in ``raw``."""
+    return raw.count(b"\n", 0, offset) + 1
 
 
 def recipe_from_dict(
