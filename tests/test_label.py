@@ -437,3 +437,20 @@ def test_samples_longer_than_the_models_context_are_skipped_by_default(tmp_path,
     )
     assert cut.truncated == 6 and cut.samples == 9
     assert max(len(r["input_ids"]) for r in rows_by_id(tmp_path / "t").values()) == 25
+
+
+def test_damaged_shard_is_named_and_relabelled_after_removal(tmp_path, tok, model):
+    import shutil
+
+    records = make_records(6, seed=3, lo=2, hi=8)
+    settings = LabelSettings(shard_size=3)
+    label_records(model, tok, records, tmp_path / "l", settings, progress=False)
+    shard = tmp_path / "l" / "shards" / "shard-00001"
+    arrow = next(shard.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"label shard {shard} is damaged.*delete that folder"):
+        load_labels(tmp_path / "l")
+    shutil.rmtree(shard)
+    label_records(model, tok, records, tmp_path / "l", settings, progress=False)
+    rows, _ = load_labels(tmp_path / "l")
+    assert len(rows) == 6

@@ -8,6 +8,7 @@ that ``tah --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -70,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: no space left on the device{where}. Files are written to a temporary name "
+            "and renamed, so finished results are intact; free some space and rerun the same "
+            "command to continue",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

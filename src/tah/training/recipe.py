@@ -491,3 +491,7 @@ def _check_tah_keys(tah: dict[str, Any], where: str) -> None:
             raise ConfigError(
                 f"unknown recipe key 'model.tah.{key}'{where}{hint} Valid TaH keys: {sorted(known)}"
             )
+    try:  # the values too (types and bounds), so --dry-run catches max_iter: 0
+        TaHConfig(**{"decider": "label", **tah})
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"model.tah: {exc}{where}") from None

@@ -109,6 +109,11 @@ def _config_vocab(recipe: Recipe, resume_dir) -> int:
     file = root / "config.json"
     if not file.is_file():
         if resume_dir is None and m.base and not root.exists():
+            if m.base.startswith((".", "/", "~")) or m.base.count("/") != 1:
+                raise ConfigError(
+                    f"model.base {m.base} does not exist (no such directory); check the path, "
+                    "or give a hub id as owner/name"
+                )
             from transformers import AutoConfig
 
             try:  # a hub id: only works with the model in the local HF cache (or online)

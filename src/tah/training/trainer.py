@@ -369,7 +369,11 @@ def _loss_settings(recipe: Recipe, data: TrainingData) -> stages.LossSettings:
 
 
 def _check_output_dir(out_dir: Path, resume_dir: Path | None, overwrite: bool, main: bool) -> None:
-    """Refuse to mix a new run into an old one; ``overwrite`` removes the old run's artefacts."""
+    """Refuse to mix a new run into an old one; ``overwrite`` removes the old run's artefacts.
+    Folders of saves a kill interrupted are removed either way."""
+    if main:
+        for path in ckpt.remove_partial_saves(out_dir):
+            log.info("removed %s, left by a save that was interrupted", path)
     if resume_dir is not None:
         return
     existing = ckpt.checkpoint_dirs(out_dir)
@@ -379,7 +383,13 @@ def _check_output_dir(out_dir: Path, resume_dir: Path | None, overwrite: bool, m
                 shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(out_dir / FINAL_DIR, ignore_errors=True)
         return
-    if existing or (out_dir / FINAL_DIR).exists() or (out_dir / LOG_FILE).exists():
+    if not existing and not (out_dir / FINAL_DIR).exists() and (out_dir / LOG_FILE).exists():
+        raise ConfigError(
+            f"output dir {out_dir} holds a run that stopped before its first checkpoint, so "
+            "there is nothing to resume; pass --overwrite to start over, or choose another "
+            "output.dir"
+        )
+    if existing or (out_dir / FINAL_DIR).exists():
         raise ConfigError(
             f"output dir {out_dir} already holds a run; pass --resume auto to continue it, "
             "--overwrite to start over, or choose another output.dir"
