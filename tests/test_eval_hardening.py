@@ -116,3 +116,14 @@ def test_a_rows_budget_does_not_depend_on_its_neighbours():
     assert sorted(backend.calls) == [(1, 2), (2, 4)]  # short rows keep 4, the 8-token row gets 2
     assert [g.finish_reason for g in gens] == ["length", "length", PROMPT_TOO_LONG, "length"]
     assert [g.extra.get("len") for g in gens] == [3, 8, None, 2]  # order preserved
+
+
+def test_eval_model_defaults_to_the_bundled_model():
+    import argparse
+
+    from tah.cli import eval as eval_cli
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    config = eval_cli.config_from_args(parser.parse_args(["--datasets", "x.jsonl"]))
+    assert config.model == str(bundled_model_path()) and config.backend == "tah"

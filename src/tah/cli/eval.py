@@ -35,12 +35,16 @@ BACKEND_CHOICES = (
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``tah eval`` and ``tah sweep``."""
     g = parser.add_argument_group("what to evaluate")
-    g.add_argument("--model", help="model folder or hub id (scripted backend: its JSONL file)")
+    g.add_argument(
+        "--model",
+        help="model folder, hub id or .gguf file (scripted backend: its JSONL file); "
+        "default: the bundled tiny model",
+    )
     g.add_argument(
         "--datasets",
         default="gsm8k",
         help="comma list of registry names (gsm8k, math500, aime24, aime25, amc23, "
-        "olympiadbench), JSONL paths, dataset folders or hub ids (default: gsm8k)",
+        "olympiadbench), JSONL paths, dataset folders or hub ids",
     )
     g.add_argument(
         "--backend",
@@ -48,7 +52,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto = tah for TaH checkpoints, hf otherwise",
     )
-    g.add_argument("--samples", type=int, default=1, help="samples per problem (default 1)")
+    g.add_argument("--samples", type=int, default=1, help="samples per problem")
     g.add_argument("--limit", type=int, default=None, help="first K problems of each dataset")
     g.add_argument("--threshold", type=float, default=None, help="override the decider threshold τ")
     g.add_argument(
@@ -80,21 +84,26 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="enable_thinking for templates that support it (default: template default)",
     )
-    g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--top-k", type=int, default=20)
-    g.add_argument("--min-p", type=float, default=0.0)
-    g.add_argument("--max-new-tokens", type=int, default=4096)
+    g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 = off")
+    g.add_argument("--top-k", type=int, default=20, help="top-k sampling; 0 = off")
+    g.add_argument("--min-p", type=float, default=0.0, help="min-p sampling; 0 = off")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=4096,
+        help="token budget per answer (less where the prompt leaves less of the context)",
+    )
     g.add_argument("--seed", type=int, default=42, help="base seed; each sample derives its own")
 
     g = parser.add_argument_group("execution")
-    g.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--jobs", type=int, default=1, help="worker processes")
     g.add_argument("--devices", default=None, help="comma list, one per worker (cuda:0,cuda:1)")
     g.add_argument("--device", default="auto", help="device for --jobs 1 (auto, cpu, cuda:0 ...)")
     g.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16"
     )
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     g.add_argument(
         "--grade-timeout", type=float, default=10.0, help="seconds per sample for grading"
     )
@@ -113,11 +122,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="backend-specific option, repeatable (softthink: soft_scope, soft_topk; "
         "vllm: tensor_parallel_size; scripted: delay_s)",
     )
-    g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument("--output", default=None, help="run folder (default eval_runs/<name>)")
+    g.add_argument(
+        "--trust-remote-code", action="store_true", help="let transformers run the model's own code"
+    )
+    g.add_argument("--output", default=None, help="run folder (default: eval_runs/<name>)")
     g.add_argument("--name", default=None, help="method name shown in reports")
     g.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +176,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from tah.evaluation.sampling import SamplingParams
 
     if not args.model:
-        raise ConfigError("--model is required (a model folder, hub id, or scripted JSONL)")
+        if args.backend == "scripted":
+            raise ConfigError("--backend scripted needs --model FILE.jsonl (match/output lines)")
+        from tah.model.loading import bundled_model_path
+
+        args.model = str(bundled_model_path())
     backend = resolve_backend(args.backend, args.model)
     options = BackendOptions(
         device=args.device,

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric",
         default="accuracy",
         choices=("accuracy", "iter_share", "avg_depth", "mean_tokens", "tokens_per_s"),
+        help="the number shown per dataset",
     )
     parser.add_argument("--stderr", action="store_true", help="show ± standard errors")
     parser.add_argument(

@@ -43,7 +43,7 @@ from tah.evaluation.backend_base import (  # noqa: F401 (re-exported: the public
     stop_token_ids,
 )
 from tah.evaluation.sampling import make_hf_processor
-from tah.model.checkpoint import check_safetensors
+from tah.model.checkpoint import check_safetensors, quiet_hub_bars
 from tah.model.loading import check_model_source, resolve_device, resolve_dtype
 
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
@@ -67,9 +67,10 @@ class HFBackend(Backend):
         if Path(model_path).is_dir():
             check_safetensors(model_path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=dtype, trust_remote_code=options.trust_remote_code
-            )
+            with quiet_hub_bars():
+                model = AutoModelForCausalLM.from_pretrained(
+                    model_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+                )
         except Exception as exc:
             raise CheckpointError(f"{model_path}: could not load a causal LM ({exc})") from exc
         self.model = model.to(self.device).eval()

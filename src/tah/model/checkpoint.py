@@ -15,9 +15,11 @@ pickle; it is read with ``torch.load(weights_only=True)`` only, so no pickled co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,21 @@ CONFIG_NAME = "tah_config.json"
 DECIDER_NAME = "decider.safetensors"
 PUBLISHED_DECIDER_NAME = "iter_decider.bin"
 LORA_DIR = "lora"
+
+
+@contextlib.contextmanager
+def quiet_hub_bars() -> Iterator[None]:
+    """No transformers "Loading weights" / "Writing model shards" bars: they are noise in a CLI
+    that loads one model and shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def damaged_file(path: str | os.PathLike, exc: BaseException) -> CheckpointError:
@@ -197,7 +214,8 @@ def load_pretrained(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
-        base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+        with quiet_hub_bars():
+            base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
     tokenizer = None
@@ -266,11 +284,25 @@ def load_model(
 
     if not (root / "config.json").is_file():
         raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
+    ignored = [
+        flag
+        for flag, value in (("threshold", threshold), ("decider", decider))
+        if value is not None
+    ]
+    if ignored:
+        logger.warning(
+            "%s is a plain Hugging Face model (no %s): it runs one pass per token, so %s "
+            "does not apply and is ignored",
+            root,
+            CONFIG_NAME,
+            " and ".join(f"--{flag}" for flag in ignored),
+        )
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     check_safetensors(root)
     try:
-        base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+        with quiet_hub_bars():
+            base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
     tokenizer = AutoTokenizer.from_pretrained(root) if _has_tokenizer(root) else None

@@ -243,6 +243,7 @@ def load_model_from_cli(
             )
     else:
         path = resolve_model_source(model, gguf_file)
+    device = resolve_device(device or "auto")
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
 
 
@@ -253,7 +254,20 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: no CUDA device is available")
+        build = (
+            "this torch build has no CUDA support"
+            if torch.version.cuda is None
+            else ("no CUDA device is visible")
+        )
+        raise ConfigError(f"--device {device}: {build}; use --device cpu (or auto)")
+    if str(device).startswith("cuda:"):
+        index = str(device).split(":", 1)[1]
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
     return device
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tah.errors import CheckpointError, ConfigError, TaHError
-from tah.model.checkpoint import check_safetensors
+from tah.model.checkpoint import check_safetensors, quiet_hub_bars
 from tah.training.losses import (
     IGNORE,
     decider_bce_sum,
@@ -402,20 +402,6 @@ def prepare_for_training(recipe: Recipe, model: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ saving
-@contextlib.contextmanager
-def quiet_hub_bars():
-    """No per-file "Writing model shards" / "Loading weights" bars inside our own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def save_model(recipe: Recipe, model: nn.Module, tokenizer: Any, path: Path) -> None:
     """Write the model in the layout users load: TaH ``save_pretrained`` or plain HF."""
     with quiet_hub_bars():
