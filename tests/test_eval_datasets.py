@@ -213,3 +213,32 @@ def test_qwen3_template_and_stop_tokens():
     assert render_prompt(tok, "Q", enable_thinking=False).endswith("<|im_start|>assistant\n")
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok)
     assert tok.padding_side == "left" and tok.pad_token_id is not None
+
+
+def test_offline_without_a_local_copy_fails_fast_naming_the_folders(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TAH_DATA_DIR", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_eval_dataset("olympiadbench", data_dir=tmp_path)  # not in ../shared/data
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert str(tmp_path / "olympiadbench" / "test.jsonl") in message and "offline" in message
+
+
+def test_string_grading_refuses_numeric_gold_answers(tmp_path):
+    path = write_jsonl(tmp_path / "ints.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    with pytest.raises(DataError, match="--answer-type string grades multiple-choice letters"):
+        load_eval_dataset(str(path), answer_type="string")
+    letters = write_jsonl(tmp_path / "mc.jsonl", [{"problem": "Pick", "answer": "B"}])
+    assert load_eval_dataset(str(letters), answer_type="string").problems[0].answer == "B"
+
+
+def test_a_registered_benchmark_file_is_graded_as_by_name(tmp_path):
+    (tmp_path / "aime24").mkdir()
+    path = write_jsonl(tmp_path / "aime24" / "test.jsonl", [{"problem": "p", "answer": "7"}])
+    by_path = load_eval_dataset(str(path))
+    by_name = load_eval_dataset("aime24", data_dir=tmp_path)
+    assert by_path.problems[0].answer_type == by_name.problems[0].answer_type == "expr"

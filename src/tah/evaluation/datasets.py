@@ -229,13 +229,45 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return records
 
 
+def default_answer_type(path: Path) -> str:
+    """A file of a registered benchmark (``.../aime24/test.jsonl``) is graded as that benchmark
+    is by name; any other file with ``latex`` (which also reads plain numbers)."""
+    spec = REGISTRY.get(_short_name(path).lower())
+    return spec.answer_type if spec is not None else "latex"
+
+
+def check_answer_type(problems: list[Problem], answer_type: str, source: str) -> None:
+    """``string`` grading compares multiple-choice letters; refuse it for other gold answers,
+    which it would mark wrong every time."""
+    if answer_type != "string":
+        return
+    bad = next((p for p in problems if not re.fullmatch(r"\(?[A-Za-z]\)?", p.answer.strip())), None)
+    if bad is not None:
+        raise DataError(
+            f"{source}: --answer-type string grades multiple-choice letters (A, B, C ...), but "
+            f"problem {bad.id!r} has gold answer {bad.answer[:40]!r}; use --answer-type expr "
+            "(numbers) or latex (expressions)"
+        )
+
+
 def _short_name(path: Path) -> str:
     stem = path.parent.name if path.stem in ("test", "train", "validation") else path.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "data"
 
 
-def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
+def _load_hub(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     import datasets
+
+    from tah.model.loading import hub_unreachable
+
+    searched = [str(d / spec.name / "test.jsonl") for d in default_data_dirs(data_dir)]
+    offline = hub_unreachable()
+    if offline is not None:
+        raise DataError(
+            f"dataset {spec.name!r}: no local copy (searched {searched}) and the hub is offline "
+            f"({offline}); pass --data-dir DIR with {spec.name}/test.jsonl inside, or set "
+            "TAH_DATA_DIR"
+        )
 
     last_error: Exception | None = None
     for split in (spec.split, *spec.fallback_splits):
@@ -246,7 +278,7 @@ def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
             continue
         except Exception as exc:
             raise DataError(
-                f"dataset {spec.name!r}: no local copy found (searched {[str(d) for d in default_data_dirs()]}) "
+                f"dataset {spec.name!r}: no local copy found (searched {searched}) "
                 f"and loading {spec.hub_id!r} from the hub failed ({exc}); pass --data-dir with "
                 f"{spec.name}/test.jsonl or set TAH_DATA_DIR"
             ) from exc
@@ -268,6 +300,14 @@ def load_eval_dataset(
     ``answer_type`` overrides the grader choice (registry default, else ``latex``, which also
     handles plain numbers).
     """
+    dataset = _load_eval_dataset(name_or_path, data_dir, answer_type, split)
+    check_answer_type(dataset.problems, dataset.problems[0].answer_type, dataset.source)
+    return dataset
+
+
+def _load_eval_dataset(
+    name_or_path: str, data_dir: str | os.PathLike | None, answer_type: str | None, split: str
+) -> EvalDataset:
     spec = REGISTRY.get(name_or_path.lower())
     if spec is not None:
         atype = answer_type or spec.answer_type
@@ -278,15 +318,15 @@ def load_eval_dataset(
             # Our normalised copies use id/problem/answer; fall back to the hub's field names.
             problems = records_to_problems(records, atype, source)
         else:
-            records = _load_hub(spec)
+            records = _load_hub(spec, data_dir)
             source = f"hub:{spec.hub_id}"
             problems = records_to_problems(
                 records, atype, source, spec.id_field, spec.question_field, spec.answer_field
             )
         return EvalDataset(spec.name, source, problems)
 
-    atype = answer_type or "latex"
     path = Path(name_or_path)
+    atype = answer_type or default_answer_type(path)
     if path.is_file():
         if path.suffix not in (".jsonl", ".json"):
             raise DataError(f"{path}: expected a .jsonl file of records")

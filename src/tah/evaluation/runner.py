@@ -105,6 +105,8 @@ class EvalConfig:
             raise ConfigError(f"--prompt-style {self.prompt_style!r}: use one of {PROMPT_STYLES}")
         if not self.datasets:
             raise ConfigError("no datasets given (--datasets gsm8k,math500)")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ConfigError(f"--data-dir {self.data_dir}: no such folder")
         options = self.backend_options
         threshold = options.threshold
         if threshold is not None and not (0.0 <= threshold <= 1.0):

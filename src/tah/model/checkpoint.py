@@ -152,9 +152,21 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     text = str(path)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"no checkpoint directory at {text}")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
+    from tah.model.loading import hub_unreachable
+
+    try:  # the local Hugging Face cache first: no network needed when it is there
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:
+        pass
+    offline = hub_unreachable()
+    if offline is not None:
+        raise CheckpointError(
+            f"{text} is neither a local directory ({local.resolve()}) nor in the Hugging Face "
+            f"cache, and the hub is offline ({offline}); pass a local checkpoint path"
+        )
+    try:
         return Path(snapshot_download(text))
     except Exception as exc:  # offline, unknown repo, auth: all mean "not available here"
         raise CheckpointError(

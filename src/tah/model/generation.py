@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tah.model.wrapper import TaHForCausalLM
 
 logger = logging.getLogger(__name__)
+_REDUCED_WARNED: set[tuple[int, int]] = set()
 
 
 @dataclass
@@ -140,12 +141,16 @@ def generate(
                 f"prompt of {prompt_len} tokens does not fit the model's context of {context} tokens"
             )
         if prompt_len + max_new_tokens > context:
-            logger.warning(
-                "max_new_tokens %d reduced to %d to fit the context of %d tokens",
-                max_new_tokens,
-                context - prompt_len,
-                context,
-            )
+            # Once per (budget, context): a loop over batches would repeat it for every batch.
+            if (max_new_tokens, context) not in _REDUCED_WARNED:
+                _REDUCED_WARNED.add((max_new_tokens, context))
+                logger.warning(
+                    "max_new_tokens %d reduced to %d to fit the context of %d tokens (warned "
+                    "once; later prompts may be cut to other lengths)",
+                    max_new_tokens,
+                    context - prompt_len,
+                    context,
+                )
             max_new_tokens = context - prompt_len
     eos = resolve_eos(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)

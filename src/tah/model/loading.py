@@ -247,6 +247,29 @@ def load_model_from_cli(
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
 
 
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached right now, or None when it may be.
+
+    Offline, the hub clients retry for tens of seconds before failing; one short connection
+    attempt lets a command fail at once with the local paths it searched. Behind a proxy we
+    cannot tell, so we say nothing and let the client try.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{host} is not reachable ({exc.strerror or exc})"
+    return None
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` is the GPU when there is one, else the CPU."""
     import torch
