@@ -142,6 +142,7 @@ def test_report_on_two_recorded_runs(files, capsys):
     capsys.readouterr()
     report = files["root"] / "table1"
     assert main(["report", str(files["root"] / "forced"), str(out2), "--output", str(report)]) == 0
+    capsys.readouterr()
     expected = (
         "| Benchmark | Forced | Better |\n"
         "|---|---:|---:|\n"
