@@ -195,3 +195,22 @@ def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> tuple[list[int], st
 
 def count_parameters(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """Keyword arguments that hand a KV cache to a Hugging Face model's ``forward``.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated and
+    removed in 5.40); earlier 5.x releases only know the old one. The signature tells which.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    return {name: cache, "use_cache": True}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under its new (``cache``) or old name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)

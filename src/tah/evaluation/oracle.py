@@ -29,7 +29,9 @@ from tah.evaluation.backend_base import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
+    returned_cache,
     stop_token_ids,
+    with_cache,
 )
 from tah.evaluation.sampling import RowSampler
 from tah.model.loading import resolve_device, resolve_dtype
@@ -95,10 +97,9 @@ class OracleBackend(Backend):
             input_ids=ids,
             attention_mask=mask,
             position_ids=position,
-            past_key_values=cache,
-            use_cache=True,
+            **with_cache(self.reference, cache),
         )
-        return out.logits.argmax(dim=-1), out.past_key_values
+        return out.logits.argmax(dim=-1), returned_cache(out)
 
     def generate(self, prompts, params, seeds):  # type: ignore[override]
         torch = self._torch

@@ -38,7 +38,9 @@ from tah.evaluation.backend_base import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
+    returned_cache,
     stop_token_ids,
+    with_cache,
 )
 from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
 from tah.model.loading import resolve_device, resolve_dtype
@@ -138,8 +140,10 @@ class SoftThinkBackend(Backend):
         start = time.perf_counter()
         with torch.inference_mode():
             position = (mask.cumsum(-1) - 1).clamp_min(0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-            cache = out.past_key_values
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=position, **with_cache(model, None)
+            )
+            cache = returned_cache(out)
             next_pos = position[:, -1:] + 1
             logits = out.logits[:, -1].float()
             for _ in range(params.max_new_tokens):
@@ -179,10 +183,9 @@ class SoftThinkBackend(Backend):
                     inputs_embeds=emb.unsqueeze(1),
                     attention_mask=mask,
                     position_ids=next_pos,
-                    past_key_values=cache,
-                    use_cache=True,
+                    **with_cache(model, cache),
                 )
-                cache = out.past_key_values
+                cache = returned_cache(out)
                 next_pos = next_pos + 1
                 logits = out.logits[:, -1].float()
         elapsed = time.perf_counter() - start
