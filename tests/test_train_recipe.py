@@ -193,11 +193,10 @@ def test_shipped_recipes_are_found_outside_the_repository(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_wheel_contains_the_recipes(tmp_path):
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     source = tmp_path / "src-copy"  # a clean tree: no build/ folder from an earlier build
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
