@@ -127,3 +127,17 @@ def test_eval_model_defaults_to_the_bundled_model():
     eval_cli.add_arguments(parser)
     config = eval_cli.config_from_args(parser.parse_args(["--datasets", "x.jsonl"]))
     assert config.model == str(bundled_model_path()) and config.backend == "tah"
+
+
+def test_a_run_folder_is_locked_against_a_second_eval(tmp_path):
+    from tah.errors import TaHError
+
+    first, second = RunDir(tmp_path / "run"), RunDir(tmp_path / "run")
+    first.lock()
+    try:
+        with pytest.raises(TaHError, match="in use by another `tah eval`"):
+            second.lock()
+    finally:
+        first.unlock()
+    second.lock()  # free again once released
+    second.unlock()

@@ -15,13 +15,11 @@ a killed conversion leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +97,12 @@ def _require_gguf_package() -> None:
         )
 
 
-@contextlib.contextmanager
-def _conversion_lock(target: Path) -> Iterator[None]:
+def _conversion_lock(target: Path) -> Any:
     """An exclusive lock beside ``target`` so parallel processes convert a file only once."""
+    from filelock import FileLock
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.with_name(f".{target.name}.lock")
-    with open(lock_path, "w") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no locking, atomic_dir still applies
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(str(target.with_name(f".{target.name}.lock")))
 
 
 def _drop_gguf_quantizer(model: Any, gguf_path: Path) -> None:
