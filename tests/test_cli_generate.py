@@ -100,7 +100,7 @@ def test_cuda_device_without_cuda_is_a_clean_error(capsys):
 
 
 def test_tah_flags_on_a_plain_model_warn(tmp_path, caplog):
-    from tah.model.checkpoint import load_model
+    from tah.model.loading import load_model
 
     plain = tmp_path / "plain"
     tiny_model("qwen3").save_pretrained(plain)

@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from tah.cli import main
 from tah.config import TaHConfig
 from tah.errors import CheckpointError, ConfigError
-from tah.model.checkpoint import load_model
-from tah.model.loading import bundled_model_path
+from tah.model.loading import bundled_model_path, load_model
 
 
 @pytest.fixture

@@ -258,7 +258,7 @@ def _short_name(path: Path) -> str:
 def _load_hub(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     import datasets
 
-    from tah.model.loading import hub_unreachable
+    from tah.model.checkpoint import hub_unreachable
 
     searched = [str(d / spec.name / "test.jsonl") for d in default_data_dirs(data_dir)]
     offline = hub_unreachable()

@@ -21,7 +21,7 @@ import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,9 +29,6 @@ from safetensors.torch import load_file, save_file
 from tah.config import TaHConfig
 from tah.errors import CheckpointError
 from tah.io import atomic_dir
-
-if TYPE_CHECKING:
-    from tah.model.wrapper import TaHForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +106,7 @@ def check_finite(weights: dict[str, torch.Tensor], path: str | os.PathLike) -> N
         )
 
 
-def clean_base_state_dict(model: TaHForCausalLM) -> dict[str, torch.Tensor]:
+def clean_base_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The base model's weights under their plain HF names (no LoRA, no peft prefixes)."""
     state = {}
     for name, tensor in model.base_model.state_dict().items():
@@ -119,7 +116,7 @@ def clean_base_state_dict(model: TaHForCausalLM) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_pretrained(model: TaHForCausalLM, path: str | os.PathLike) -> None:
+def save_pretrained(model: Any, path: str | os.PathLike) -> None:
     base = model.base_model
     with atomic_dir(path) as tmp:
         implementation = base.config._attn_implementation
@@ -142,6 +139,29 @@ def save_pretrained(model: TaHForCausalLM, path: str | os.PathLike) -> None:
         model.config.save(tmp / CONFIG_NAME)
 
 
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached right now, or None when it may be.
+
+    Offline, the hub clients retry for tens of seconds before failing; one short connection
+    attempt lets a command fail at once with the local paths it searched. Behind a proxy we
+    cannot tell, so we say nothing and let the client try.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"{host} is not reachable ({exc.strerror or exc})"
+    return None
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A local directory, or a hub id resolved through the local Hugging Face cache / hub."""
     local = Path(path).expanduser()
@@ -153,8 +173,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"no checkpoint directory at {text}")
     from huggingface_hub import snapshot_download
-
-    from tah.model.loading import hub_unreachable
 
     try:  # the local Hugging Face cache first: no network needed when it is there
         return Path(snapshot_download(text, local_files_only=True))
@@ -197,14 +215,14 @@ def _load_published_decider(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(
-    cls: type[TaHForCausalLM],
+    cls: type,
     path: str | os.PathLike,
     threshold: float | None = None,
     decider: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     **overrides: Any,
-) -> TaHForCausalLM:
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tah.model.adapters import add_lora, load_lora, lora_settings
@@ -231,7 +249,7 @@ def load_pretrained(
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
     tokenizer = None
-    if _has_tokenizer(root):
+    if has_tokenizer(root):
         tokenizer = AutoTokenizer.from_pretrained(root)
 
     backbone = base
@@ -277,52 +295,5 @@ def load_pretrained(
     return model
 
 
-def load_model(
-    path: str | os.PathLike,
-    threshold: float | None = None,
-    decider: str | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-) -> TaHForCausalLM:
-    """Load a TaH checkpoint, or a plain HF causal LM wrapped as a Standard (one-pass) model."""
-    from tah.model.wrapper import TaHForCausalLM
-
-    root = resolve_checkpoint(path)
-    if (root / CONFIG_NAME).is_file():
-        return TaHForCausalLM.from_pretrained(
-            root, threshold=threshold, decider=decider, device=device, dtype=dtype
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (root / "config.json").is_file():
-        raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
-    ignored = [
-        flag
-        for flag, value in (("threshold", threshold), ("decider", decider))
-        if value is not None
-    ]
-    if ignored:
-        logger.warning(
-            "%s is a plain Hugging Face model (no %s): it runs one pass per token, so %s "
-            "does not apply and is ignored",
-            root,
-            CONFIG_NAME,
-            " and ".join(f"--{flag}" for flag in ignored),
-        )
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    check_safetensors(root)
-    try:
-        with quiet_hub_bars():
-            base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
-    tokenizer = AutoTokenizer.from_pretrained(root) if _has_tokenizer(root) else None
-    model = TaHForCausalLM.from_base(base, TaHConfig(max_iter=1, decider="never"), tokenizer)
-    if device is not None:
-        model.to(device)
-    return model
-
-
-def _has_tokenizer(root: Path) -> bool:
+def has_tokenizer(root: Path) -> bool:
     return (root / "tokenizer_config.json").is_file() or (root / "tokenizer.json").is_file()

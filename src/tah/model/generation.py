@@ -11,15 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tah.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from tah.model.wrapper import TaHForCausalLM
 
 logger = logging.getLogger(__name__)
 _REDUCED_WARNED: set[tuple[int, int]] = set()
@@ -77,7 +74,7 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def resolve_eos(model: TaHForCausalLM, eos_token_id: int | list[int] | None) -> list[int]:
+def resolve_eos(model: nn.Module, eos_token_id: int | list[int] | None) -> list[int]:
     if eos_token_id is None:
         tok = model.tokenizer
         eos_token_id = getattr(tok, "eos_token_id", None) if tok is not None else None
@@ -93,7 +90,7 @@ def resolve_eos(model: TaHForCausalLM, eos_token_id: int | list[int] | None) -> 
 
 
 def generate(
-    model: TaHForCausalLM,
+    model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     max_new_tokens: int = 256,

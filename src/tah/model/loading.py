@@ -21,10 +21,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tah.errors import CheckpointError, ConfigError
 from tah.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from tah.model.wrapper import TaHForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +212,63 @@ def resolve_model_source(model: str, gguf_file: str | None = None) -> str:
     return str(convert_gguf(gguf)) if gguf is not None else str(model)
 
 
+def load_model(
+    path: str | os.PathLike,
+    threshold: float | None = None,
+    decider: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> TaHForCausalLM:
+    """Load a TaH checkpoint, or a plain HF causal LM wrapped as a Standard (one-pass) model."""
+    import torch
+
+    from tah.config import TaHConfig
+    from tah.model.checkpoint import (
+        CONFIG_NAME,
+        check_safetensors,
+        has_tokenizer,
+        quiet_hub_bars,
+        resolve_checkpoint,
+    )
+    from tah.model.wrapper import TaHForCausalLM
+
+    root = resolve_checkpoint(path)
+    if (root / CONFIG_NAME).is_file():
+        return TaHForCausalLM.from_pretrained(
+            root, threshold=threshold, decider=decider, device=device, dtype=dtype
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
+    ignored = [
+        flag
+        for flag, value in (("threshold", threshold), ("decider", decider))
+        if value is not None
+    ]
+    if ignored:
+        logger.warning(
+            "%s is a plain Hugging Face model (no %s): it runs one pass per token, so %s "
+            "does not apply and is ignored",
+            root,
+            CONFIG_NAME,
+            " and ".join(f"--{flag}" for flag in ignored),
+        )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    check_safetensors(root)
+    try:
+        with quiet_hub_bars():
+            base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
+    tokenizer = AutoTokenizer.from_pretrained(root) if has_tokenizer(root) else None
+    model = TaHForCausalLM.from_base(base, TaHConfig(max_iter=1, decider="never"), tokenizer)
+    if device is not None:
+        model.to(device)
+    return model
+
+
 def load_model_from_cli(
     model: str | None,
     gguf_file: str | None = None,
@@ -218,8 +278,6 @@ def load_model_from_cli(
     dtype: str | None = None,
 ):
     """Load whatever ``--model`` names (default: the bundled tiny checkpoint)."""
-    from tah.model.checkpoint import load_model
-
     if model is None:
         if gguf_file is not None:
             raise CheckpointError("--gguf-file needs --model (the directory or hub id holding it)")
@@ -233,29 +291,6 @@ def load_model_from_cli(
         path = resolve_model_source(model, gguf_file)
     device = resolve_device(device or "auto")
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
-
-
-def hub_unreachable(timeout_s: float = 3.0) -> str | None:
-    """Why the Hugging Face Hub cannot be reached right now, or None when it may be.
-
-    Offline, the hub clients retry for tens of seconds before failing; one short connection
-    attempt lets a command fail at once with the local paths it searched. Behind a proxy we
-    cannot tell, so we say nothing and let the client try.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{flag} is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=timeout_s).close()
-    except OSError as exc:
-        return f"{host} is not reachable ({exc.strerror or exc})"
-    return None
 
 
 def resolve_device(device: str = "auto") -> str:
