@@ -141,3 +141,23 @@ def test_a_run_folder_is_locked_against_a_second_eval(tmp_path):
         first.unlock()
     second.lock()  # free again once released
     second.unlock()
+
+
+def test_unknown_hub_model_offline_fails_before_any_output(tmp_path, capsys, monkeypatch):
+    import tah.evaluation.runner as runner
+    import tah.model.checkpoint as checkpoint
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("the backend must not be built: the check comes first")
+
+    # No network and no offline flag: the hub client would retry for tens of seconds.
+    monkeypatch.setattr(checkpoint, "hub_unreachable", lambda: "huggingface.co is not reachable")
+    monkeypatch.setattr(runner, "make_backend", no_backend)
+    data = write_jsonl(tmp_path / "toy.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    out = tmp_path / "run"
+    argv = ["eval", "--model", "nobody-here/no-such-model", "--backend", "hf", "--datasets",
+            str(data), "--output", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "nobody-here/no-such-model" in err and "offline" in err
+    assert not out.exists()

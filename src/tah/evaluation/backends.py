@@ -287,6 +287,30 @@ def check_local_model(kind: str, model_path: str) -> None:
     transformers (see :func:`tah.model.loading.check_model_source`)."""
     if kind in ("hf", "tah", "softthink", "oracle"):
         check_model_source(model_path, needs_config=False)
+        if not Path(model_path).expanduser().exists():
+            check_hub_model(model_path)
+
+
+def check_hub_model(name: str) -> None:
+    """A hub id must be in the local Hugging Face cache or the hub reachable: offline, a
+    mistyped id fails here at once, before a run folder is made."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from tah.model.checkpoint import hub_unreachable
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the hub client refuses (bad characters ...)
+        cached = None
+    if isinstance(cached, str):
+        return
+    offline = hub_unreachable()
+    if offline is not None:
+        raise CheckpointError(
+            f"--model {name}: no such local folder ({Path(name).expanduser().resolve()}), not in "
+            f"the Hugging Face cache, and the hub is offline ({offline}); check the name or pass "
+            "a local model folder"
+        )
 
 
 def make_backend(kind: str, model_path: str, options: BackendOptions | None = None) -> Backend:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -301,7 +302,11 @@ def _worker_entry(
         _work(config, items, worker, shard, messages.put, parent_pid)
         messages.put(("done", worker, None))
     except BaseException as exc:  # report everything to the parent
-        detail = str(exc) if isinstance(exc, TaHError) else traceback.format_exc()
+        disk_full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if disk_full:
+            detail = f"no space left on the device ({exc}); free some space and rerun"
+        else:
+            detail = str(exc) if isinstance(exc, TaHError) else traceback.format_exc()
         messages.put(("error", worker, detail))
         raise SystemExit(1) from None
 
