@@ -34,6 +34,7 @@ from tah.evaluation.backend_base import (
     with_cache,
 )
 from tah.evaluation.sampling import RowSampler
+from tah.model.checkpoint import quiet_hub_bars
 from tah.model.loading import resolve_device, resolve_dtype
 
 _PROBE = "Compute 12 + 30 = 42, then \\boxed{42}. Think step by step."
@@ -71,13 +72,11 @@ class OracleBackend(Backend):
                 f"reference {options.reference} tokenizes text differently from {model_path}; "
                 f"the oracle compares token ids, so both need the same tokenizer"
             )
-        self.reference = (
-            AutoModelForCausalLM.from_pretrained(
+        with quiet_hub_bars():
+            reference = AutoModelForCausalLM.from_pretrained(
                 options.reference, dtype=dtype, trust_remote_code=options.trust_remote_code
             )
-            .to(self.device)
-            .eval()
-        )
+        self.reference = reference.to(self.device).eval()
         self.stops = stop_token_ids(self.tokenizer, self.model.base_model)
         self.context_length = self.model.max_context
         self._torch = torch

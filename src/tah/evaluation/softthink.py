@@ -43,6 +43,7 @@ from tah.evaluation.backend_base import (
     with_cache,
 )
 from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
+from tah.model.checkpoint import quiet_hub_bars
 from tah.model.loading import resolve_device, resolve_dtype
 
 SCOPES = ("auto", "think", "all", "none")
@@ -71,15 +72,13 @@ class SoftThinkBackend(Backend):
         options.reject_unused(self.name)
         self.device = resolve_device(options_device)
         self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(
+        with quiet_hub_bars():
+            model = AutoModelForCausalLM.from_pretrained(
                 model_path,
                 dtype=resolve_dtype(options_dtype, self.device),
                 trust_remote_code=options.trust_remote_code,
             )
-            .to(self.device)
-            .eval()
-        )
+        self.model = model.to(self.device).eval()
         self.stops = stop_token_ids(self.tokenizer, self.model)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.think_open = _single_token_id(self.tokenizer, "<think>")
