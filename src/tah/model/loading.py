@@ -289,7 +289,8 @@ def load_model_from_cli(
             )
     else:
         path = resolve_model_source(model, gguf_file)
-    device = resolve_device(device or "auto")
+    if device is not None:  # None: leave the weights where they load (the CPU)
+        device = resolve_device(device)
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
 
 
