@@ -45,13 +45,13 @@ from tah.model.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-# Settings that change what a sample's output is: they must match when resuming a run.
 # finish_reason and grade_status of a sample whose prompt alone fills the model's context.
 PROMPT_TOO_LONG = "prompt_too_long"
 
 # Backends that load the model in this process with torch (device and dtype apply to them).
 LOCAL_BACKENDS = ("hf", "tah", "softthink", "oracle")
 
+# Settings that change what a sample's output is: they must match when resuming a run.
 _FINGERPRINT_KEYS = (
     "model",
     "backend",
