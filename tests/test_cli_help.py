@@ -33,7 +33,10 @@ def test_every_flag_has_help_and_its_default_is_shown(command):
     assert undocumented == []
     text = sub.format_help()
     for action in sub._actions:
-        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+        default = action.default
+        if action.option_strings and not (
+            default is None or default is False or default == [] or default is argparse.SUPPRESS
+        ):
             assert "default" in sub.formatter_class(command)._get_help_string(action).lower(), (
                 action.option_strings[0]
             )

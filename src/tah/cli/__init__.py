@@ -36,7 +36,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text.lower():
+        default = action.default
+        nothing = (
+            default is None or default is False or default == [] or default is argparse.SUPPRESS
+        )
+        if nothing or "default" in text.lower():
             return text
         return super()._get_help_string(action)
 
