@@ -62,6 +62,33 @@ def test_wrong_types_and_empty_values_are_malformed(tmp_path):
     assert rec.solution == "a"
 
 
+def test_null_field_is_called_null(tmp_path):
+    path = write_lines(tmp_path / "n.jsonl", [json.dumps({"problem": "q", "answer": None})])
+    with pytest.raises(DataError, match="n.jsonl:1: solution field 'answer' is null"):
+        load_records(path)
+
+
+def test_non_utf8_line_is_named_exactly_and_can_be_skipped(tmp_path):
+    lines = [json.dumps({"problem": f"q{i}", "solution": "s"}).encode() for i in range(3000)]
+    lines[2500] = '{"problem": "caf\u00e9", "solution": "s"}'.encode("latin-1")
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match="latin1.jsonl:2501: not UTF-8"):
+        load_records(path)
+    rs = load_records(path, on_error="skip")
+    assert len(rs) == 2999 and rs.skipped == 1
+
+
+def test_json_array_file_is_read_as_records(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(
+        json.dumps([{"problem": "a", "solution": "1"}, {"problem": "b", "answer": "2"}])
+    )
+    rs = load_records(path)
+    assert [(r.question, r.solution) for r in rs] == [("a", "1"), ("b", "2")]
+    assert rs[1].origin.endswith("set.json[1]")
+
+
 def test_empty_inputs_are_clear_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")

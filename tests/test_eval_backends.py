@@ -247,3 +247,21 @@ def test_checkpoint_generation_defaults_do_not_leak_in(models, hf, tmp_path):
         a = hf.generate(_prompts(hf), params, [5, 6])
         b = other.generate(_prompts(other), params, [5, 6])
         assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def test_own_decode_loops_use_the_current_cache_argument(models):
+    """softthink and oracle pass the KV cache under the name this transformers wants
+    (``past_key_values`` is deprecated in 5.x and removed in 5.40)."""
+    import warnings
+
+    st = make_backend(
+        "softthink", str(models["base"]), BackendOptions(device="cpu", extra={"soft_scope": "all"})
+    )
+    oracle = make_backend(
+        "oracle", str(models["tah"]), BackendOptions(device="cpu", reference=str(models["base"]))
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        for backend in (st, oracle):
+            gens = backend.generate(_prompts(backend), GREEDY, [0, 0])
+            assert all(g.n_tokens > 0 for g in gens)

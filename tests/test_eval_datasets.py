@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tah.errors import ConfigError, DataError
@@ -105,7 +107,12 @@ def test_folder_with_test_jsonl_and_saved_dataset(tmp_path):
             ],
             "duplicate",
         ),
-        ([{"id": "a", "text": "p"}], "lacks a question"),
+        ([{"id": "a", "text": "p"}], r"record 0 \(counting from 0\) has no question field"),
+        ([{"problem": "p", "answer": None}], "answer field 'answer' is null"),
+        ([{"problem": "p", "answer": "  "}], "answer field 'answer' is empty"),
+        ([{"problem": "", "answer": "1"}], "question field 'problem' is empty"),
+        ([{"problem": "p", "answer": ["1"]}], "must be text or a number, got list"),
+        ([[{"problem": "p", "answer": "1"}]], "a JSON array, not one record"),
         ([], "no problems"),
     ],
 )
@@ -120,6 +127,22 @@ def test_malformed_json_names_the_line(tmp_path):
     path.write_text('{"problem": "p", "answer": "1"}\n{not json\n')
     with pytest.raises(DataError, match="broken.jsonl:2"):
         load_eval_dataset(str(path))
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [b'{"problem": "p%d", "answer": "1"}' % i for i in range(3000)]
+    lines[2500] = '{"problem": "caf\u00e9", "answer": "1"}'.encode("latin-1")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match="latin1.jsonl:2501: not UTF-8"):
+        load_eval_dataset(str(path))
+
+
+def test_json_array_file_is_accepted(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"problem": "p", "answer": 3}, {"problem": "q", "answer": "4"}]))
+    ds = load_eval_dataset(str(path))
+    assert [(p.question, p.answer) for p in ds.problems] == [("p", "3"), ("q", "4")]
 
 
 def test_unknown_name_is_a_clear_error():
@@ -190,3 +213,32 @@ def test_qwen3_template_and_stop_tokens():
     assert render_prompt(tok, "Q", enable_thinking=False).endswith("<|im_start|>assistant\n")
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok)
     assert tok.padding_side == "left" and tok.pad_token_id is not None
+
+
+def test_offline_without_a_local_copy_fails_fast_naming_the_folders(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TAH_DATA_DIR", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_eval_dataset("olympiadbench", data_dir=tmp_path)  # not in ../shared/data
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert str(tmp_path / "olympiadbench" / "test.jsonl") in message and "offline" in message
+
+
+def test_string_grading_refuses_numeric_gold_answers(tmp_path):
+    path = write_jsonl(tmp_path / "ints.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    with pytest.raises(DataError, match="--answer-type string grades multiple-choice letters"):
+        load_eval_dataset(str(path), answer_type="string")
+    letters = write_jsonl(tmp_path / "mc.jsonl", [{"problem": "Pick", "answer": "B"}])
+    assert load_eval_dataset(str(letters), answer_type="string").problems[0].answer == "B"
+
+
+def test_a_registered_benchmark_file_is_graded_as_by_name(tmp_path):
+    (tmp_path / "aime24").mkdir()
+    path = write_jsonl(tmp_path / "aime24" / "test.jsonl", [{"problem": "p", "answer": "7"}])
+    by_path = load_eval_dataset(str(path))
+    by_name = load_eval_dataset("aime24", data_dir=tmp_path)
+    assert by_path.problems[0].answer_type == by_name.problems[0].answer_type == "expr"

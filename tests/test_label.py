@@ -422,4 +422,35 @@ def test_cli_label_end_to_end(tmp_path, tok, model, capsys):
     assert f"no model at {tmp_path / 'nope'}" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(argv + ["--device", "cuda"]) == 2
-        assert "no CUDA device is available" in capsys.readouterr().err
+        assert "--device cuda: " in capsys.readouterr().err
+
+
+def test_samples_longer_than_the_models_context_are_skipped_by_default(tmp_path, tok):
+    short_context = make_model(len(tok))
+    short_context.config.max_position_embeddings = 25
+    records = make_records(6, seed=1, lo=30, hi=40) + make_records(3, seed=2, lo=2, hi=5)
+    records = [Record(i, r.record_id, r.question, r.solution) for i, r in enumerate(records)]
+    report = label_records(short_context, tok, records, tmp_path / "d", progress=False)
+    assert report.dropped_too_long == 6 and report.samples == 3 and report.complete
+    cut = label_records(
+        short_context, tok, records, tmp_path / "t", LabelSettings(truncate=True), progress=False
+    )
+    assert cut.truncated == 6 and cut.samples == 9
+    assert max(len(r["input_ids"]) for r in rows_by_id(tmp_path / "t").values()) == 25
+
+
+def test_damaged_shard_is_named_and_relabelled_after_removal(tmp_path, tok, model):
+    import shutil
+
+    records = make_records(6, seed=3, lo=2, hi=8)
+    settings = LabelSettings(shard_size=3)
+    label_records(model, tok, records, tmp_path / "l", settings, progress=False)
+    shard = tmp_path / "l" / "shards" / "shard-00001"
+    arrow = next(shard.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"label shard {shard} is damaged.*delete that folder"):
+        load_labels(tmp_path / "l")
+    shutil.rmtree(shard)
+    label_records(model, tok, records, tmp_path / "l", settings, progress=False)
+    rows, _ = load_labels(tmp_path / "l")
+    assert len(rows) == 6

@@ -34,9 +34,9 @@ def test_decider_layer_out_of_range():
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [
-        ({"max_iter": 0}, "max_iter must be an integer >= 1"),
+        ({"max_iter": 0}, "max_iter must be an integer from 1 to 16"),
         ({"decider": "sometimes"}, "decider must be one of"),
-        ({"threshold": 1.5}, "threshold must be in"),
+        ({"threshold": 1.5}, r"threshold must be a number in \[0, 1\]"),
         ({"topk": 0}, "topk must be"),
         ({"attention_mode": "full"}, "attention_mode"),
     ],

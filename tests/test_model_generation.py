@@ -126,3 +126,16 @@ def test_stage1_gradients_reach_lora_only_through_deep_tokens():
     assert out.iter_counts.eq(2).sum() == 1
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lora_parameters())
+
+
+def test_context_cut_is_warned_once_not_per_batch(caplog):
+    from tah.model import generation
+
+    generation._REDUCED_WARNED.clear()
+    model = TaHForCausalLM.from_base(
+        tiny_model("qwen3", max_position_embeddings=16), TaHConfig(decider="never")
+    )
+    with caplog.at_level("WARNING"):
+        for _ in range(3):  # three batches of one run
+            model.generate(torch.zeros(2, 12, dtype=torch.long), max_new_tokens=10)
+    assert caplog.text.count("reduced to 4") == 1

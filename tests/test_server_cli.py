@@ -82,7 +82,7 @@ def test_cuda_on_a_cpu_only_torch_is_a_clear_error(checkpoint, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="no CUDA device"):
+    with pytest.raises(ConfigError, match="no CUDA"):
         build_app(serve_args("--model", str(checkpoint), "--device", "cuda"))
 
 

@@ -174,3 +174,41 @@ def test_unquoted_yaml_no_for_mixed_precision_means_no(tmp_path):
     raw["train"]["mixed_precision"] = True
     with pytest.raises(ConfigError, match="train.mixed_precision must be one of .*got True"):
         recipe_from_dict(raw)
+
+
+def test_non_utf8_recipe_names_the_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"stage: stage1\n# caf\xe9\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2 is not UTF-8"):
+        load_recipe(path)
+
+
+def test_shipped_recipes_are_found_outside_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here, as after `pip install tah`
+    for name in ("recipes/tiny_cpu/stage1.yaml", "tiny_cpu/stage1.yaml"):
+        assert load_recipe(name).stage == "stage1"
+    with pytest.raises(ConfigError, match=r"does not exist; recipes shipped.*tiny_cpu/stage2.yaml"):
+        load_recipe("recipes/tiny_cpu/stage9.yaml")
+
+
+@pytest.mark.slow
+def test_wheel_contains_the_recipes(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src-copy"  # a clean tree: no build/ folder from an earlier build
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "recipes"):
+        shutil.copytree(REPO / name, source / name, symlinks=True, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        check=True,
+    )  # fmt: skip
+    names = zipfile.ZipFile(next(tmp_path.glob("tah-*.whl"))).namelist()
+    assert "tah/recipes/tiny_cpu/stage1.yaml" in names
+    assert "tah/recipes/accelerate/fsdp.yaml" in names

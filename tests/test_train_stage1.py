@@ -55,6 +55,8 @@ def reference_logits(model, ids: list[int], iter_labels: list[int]) -> torch.Ten
     """Oracle-depth logits of one sequence, computed with plain HF forwards (see docstring)."""
     from transformers.cache_utils import DynamicCache
 
+    from tah.evaluation.backend_base import with_cache
+
     base = model.base_model
     x = torch.tensor([ids])
     hard = [t for t, d in enumerate(iter_labels) if d > 1]
@@ -62,7 +64,7 @@ def reference_logits(model, ids: list[int], iter_labels: list[int]) -> torch.Ten
     for m in layers:
         m._disable_adapters = True
     cache = DynamicCache(config=base.config)
-    z1 = base(input_ids=x, past_key_values=cache, use_cache=True).logits[0]
+    z1 = base(input_ids=x, **with_cache(base, cache)).logits[0]
     out = z1.clone()
     if hard:
         values, index = z1[hard].topk(TOPK, dim=-1)
@@ -80,8 +82,7 @@ def reference_logits(model, ids: list[int], iter_labels: list[int]) -> torch.Ten
             inputs_embeds=soft[None],
             position_ids=torch.tensor([hard]),
             attention_mask=allowed,
-            past_key_values=cache,
-            use_cache=True,
+            **with_cache(base, cache),
         ).logits[0]
         for m in layers:
             m._disable_adapters = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,12 @@ DECIDERS = ("label", "mlp", "always", "never")
 ATTENTION_MODES = ("duo", "root", "same_iter")
 ADAPTERS = ("lora", "none")
 FORMAT = "tah/1"
+# Bounds that no sensible model exceeds; they keep a typo (max_iter: 1000000) from allocating
+# terabytes of KV cache or printing megabytes of legend.
+MAX_ITER = 16
+MAX_VOCAB = 2**20
+MAX_WIDTH = 2**16
+MAX_LAYERS = 1024
 
 # Published class names -> our decider names.
 _PUBLISHED_DECIDERS = {
@@ -62,32 +69,33 @@ class TaHConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ConfigError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if self.decider not in DECIDERS:
-            raise ConfigError(f"decider must be one of {DECIDERS}, got {self.decider!r}")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
-        if self.topk is not None and (not isinstance(self.topk, int) or self.topk < 1):
-            raise ConfigError(f"topk must be a positive integer or None, got {self.topk!r}")
-        if self.attention_mode not in ATTENTION_MODES:
-            raise ConfigError(
-                f"attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}"
-            )
-        if self.adapter not in ADAPTERS:
-            raise ConfigError(f"adapter must be one of {ADAPTERS}, got {self.adapter!r}")
-        if self.lora_r < 1:
-            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
-        if self.decider_topk < 1:
-            raise ConfigError(f"decider_topk must be >= 1, got {self.decider_topk}")
-        if not self.decider_hidden_dims or any(d < 1 for d in self.decider_hidden_dims):
-            raise ConfigError(
-                f"decider_hidden_dims must be positive, got {self.decider_hidden_dims}"
-            )
-        if self.decider_layers is not None and not all(
-            isinstance(i, int) for i in self.decider_layers
+        """Check every field's type and range; a wrong one is a ConfigError naming it."""
+        _integer("max_iter", self.max_iter, 1, MAX_ITER)
+        _choice("decider", self.decider, DECIDERS)
+        _number("threshold", self.threshold, 0.0, 1.0)
+        if self.topk is not None:
+            _integer("topk", self.topk, 1, MAX_VOCAB, "or null (full softmax)")
+        _boolean("residual", self.residual)
+        _choice("attention_mode", self.attention_mode, ATTENTION_MODES)
+        _choice("adapter", self.adapter, ADAPTERS)
+        _integer("lora_r", self.lora_r, 1, MAX_WIDTH)
+        _number("lora_alpha", self.lora_alpha, 1e-6, 1e6)
+        _number("lora_dropout", self.lora_dropout, 0.0, 0.99)
+        targets = self.lora_target_modules
+        if not isinstance(targets, str) and not (
+            isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
         ):
-            raise ConfigError(f"decider_layers must be integers, got {self.decider_layers!r}")
+            raise ConfigError(
+                f"lora_target_modules must be 'all-linear' or a list of module names, got "
+                f"{targets!r}"
+            )
+        if self.decider_layers is not None:
+            _int_list("decider_layers", self.decider_layers, 0, MAX_LAYERS)
+        _integer("decider_topk", self.decider_topk, 1, MAX_VOCAB)
+        _int_list("decider_hidden_dims", self.decider_hidden_dims, 1, MAX_WIDTH)
+        _integer("decider_expansion", self.decider_expansion, 1, 64)
+        _number("decider_dropout", self.decider_dropout, 0.0, 0.99)
+        _boolean("decider_normalize_input", self.decider_normalize_input)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +122,8 @@ class TaHConfig:
         decider_class = data.get("eval_iter_decider") or data.get("iter_decider")
         if decider_class == "iter_decider":  # alias used by the eval recipes
             decider_class = data.get("iter_decider")
-        kwargs = dict(data.get("iter_decider_kwargs") or {})
-        kwargs.update(data.get("eval_iter_decider_kwargs") or {})
+        kwargs = _section(data, "iter_decider_kwargs")
+        kwargs.update(_section(data, "eval_iter_decider_kwargs"))
         if decider_class not in _PUBLISHED_DECIDERS:
             raise ConfigError(
                 f"published config names decider {decider_class!r}; supported: "
@@ -124,18 +132,18 @@ class TaHConfig:
         decider = _PUBLISHED_DECIDERS[decider_class]
         if decider_class == "AlwaysWrapperIterDecider" and kwargs.get("mode") == "stop":
             decider = "never"
-        adapter_kwargs = dict(data.get("adapter_kwargs") or {})
+        adapter_kwargs = _section(data, "adapter_kwargs")
         values: dict[str, Any] = {
-            "max_iter": int(data.get("max_iter", 2)),
+            "max_iter": data.get("max_iter", 2),
             "decider": decider,
             "adapter": "lora" if data.get("adapter", "lora") == "lora" else "none",
-            "topk": (data.get("input_updater_kwargs") or {}).get("topk", 100),
+            "topk": _section(data, "input_updater_kwargs").get("topk", 100),
             "residual": data.get("output_updater", "AdditiveLogitsUpdater")
             == "AdditiveLogitsUpdater",
             "attention_mode": data.get("iter_attention_mode", "duo") or "duo",
         }
         if "threshold" in kwargs:
-            values["threshold"] = float(kwargs["threshold"])
+            values["threshold"] = kwargs["threshold"]
         for ours, theirs in (
             ("lora_r", "r"),
             ("lora_alpha", "lora_alpha"),
@@ -154,8 +162,6 @@ class TaHConfig:
         ):
             if theirs in kwargs and kwargs[theirs] is not None:
                 values[ours] = kwargs[theirs]
-        if values.get("decider_layers") is not None:
-            values["decider_layers"] = [int(i) for i in values["decider_layers"]]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -173,9 +179,66 @@ class TaHConfig:
             raise ConfigError(f"no TaH config at {path}") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8 JSON") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data, **overrides)
+        try:
+            saved = cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return cls.from_dict(data, **overrides) if overrides else saved
 
     def replace(self, **changes: Any) -> TaHConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a JSON object, got {_describe(value)}")
+    return dict(value)
+
+
+def _describe(value: Any) -> str:
+    kind = "null" if value is None else type(value).__name__
+    return f"{value!r} ({kind})"
+
+
+def _integer(name: str, value: Any, lo: int, hi: int, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(
+            f"{name} must be an integer from {lo} to {hi}{' ' + extra if extra else ''}, "
+            f"got {_describe(value)}"
+        )
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise ConfigError(f"{name} must be a number in [{lo:g}, {hi:g}], got {_describe(value)}")
+
+
+def _boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {_describe(value)}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {_describe(value)}")
+
+
+def _int_list(name: str, value: Any, lo: int, hi: int) -> None:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(not isinstance(v, bool) and isinstance(v, int) and lo <= v <= hi for v in value)
+    ):
+        raise ConfigError(
+            f"{name} must be a non-empty list of integers from {lo} to {hi}, got {_describe(value)}"
+        )

@@ -8,6 +8,7 @@ that ``tah --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -29,8 +30,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default after its help, unless there is none to show (None, a bare
+    switch) or the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = (
+            default is None or default is False or default == [] or default is argparse.SUPPRESS
+        )
+        if nothing or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tah", description="Think-at-Hard toolkit")
+    from tah import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tah", description="Think-at-Hard toolkit", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tah {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="verbose logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser
@@ -70,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: no space left on the device{where}. Files are written to a temporary name "
+            "and renamed, so finished results are intact; free some space and rerun the same "
+            "command to continue",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

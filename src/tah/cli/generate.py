@@ -13,25 +13,38 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the bundled tiny model)",
     )
     parser.add_argument("--gguf-file", help="GGUF file name inside --model (a directory or hub id)")
-    parser.add_argument("--threshold", type=float, help="override the decider threshold τ")
     parser.add_argument(
-        "--decider", choices=["mlp", "always", "never"], help="override the decider"
+        "--threshold",
+        type=float,
+        help="override the decider threshold τ (TaH checkpoints only; default: the checkpoint's)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--decider",
+        choices=["mlp", "always", "never"],
+        help="override the decider (TaH checkpoints only; default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ..."
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="weights' dtype (default: float32)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.6, help="with --do-sample")
+    parser.add_argument("--top-k", type=int, default=20, help="with --do-sample; 0 = off")
+    parser.add_argument("--top-p", type=float, default=0.95, help="with --do-sample; 1 = off")
+    parser.add_argument("--min-p", type=float, default=0.0, help="with --do-sample; 0 = off")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for --do-sample")
     parser.add_argument(
         "--iter-budget",
         type=float,
@@ -78,6 +91,17 @@ def encode_prompt(tokenizer, prompt: str, chat: bool):
     return torch.tensor([list(ids)], dtype=torch.long)
 
 
+def stop_ids(tokenizer, model) -> list[int]:
+    """The tokens that end an answer: eos ids and the chat template's end-of-turn token."""
+    from tah.errors import CheckpointError
+    from tah.evaluation.backend_base import stop_token_ids
+
+    try:
+        return stop_token_ids(tokenizer, model.base_model)
+    except CheckpointError:
+        return []
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -89,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise DataError(f"{args.model} has no tokenizer files; save one with the model")
     input_ids = encode_prompt(tokenizer, args.prompt, args.chat)
+    stops = stop_ids(tokenizer, model)
     res = model.generate(
         input_ids,
         max_new_tokens=args.max_new_tokens,
@@ -100,10 +125,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threshold=args.threshold,
         iter_budget=args.iter_budget,
+        eos_token_id=stops or None,
     )
     generated = res.sequences[0, input_ids.shape[1] :].tolist()
     counts = res.iter_counts[0].tolist()
-    keep = [i for i, c in enumerate(counts) if c > 0]
+    # The end-of-turn token ends the answer; it is not part of the text shown.
+    keep = [i for i, c in enumerate(counts) if c > 0 and generated[i] not in stops]
     generated = [generated[i] for i in keep]
     counts = [counts[i] for i in keep]
     pieces = token_pieces(tokenizer, generated)

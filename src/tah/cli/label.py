@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_opts.add_argument(
         "--output", required=True, help="output directory (shards + tah_labels.json)"
     )
-    run_opts.add_argument("--max-length", type=int, help="longest sample in tokens")
+    run_opts.add_argument(
+        "--max-length",
+        type=int,
+        help="longest sample in tokens (default: the model's context, max_position_embeddings)",
+    )
     run_opts.add_argument(
         "--truncate",
         action="store_true",
@@ -85,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
         think_token=args.think_token or None,
     )
     settings.validate()
-    if args.truncate and args.max_length is None:
-        raise ConfigError("--truncate needs --max-length")
     if args.max_shards is not None and args.max_shards < 1:
         raise ConfigError(f"--max-shards must be >= 1, got {args.max_shards}")
     device = resolve_device(args.device)

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tah.errors import ConfigError
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric",
         default="accuracy",
         choices=("accuracy", "iter_share", "avg_depth", "mean_tokens", "tokens_per_s"),
+        help="the number shown per dataset",
     )
     parser.add_argument("--stderr", action="store_true", help="show ± standard errors")
     parser.add_argument(
@@ -44,13 +46,15 @@ def run(args: argparse.Namespace) -> int:
     summaries = [load_summary(r) for r in args.runs]
     report = build_report(summaries, names, args.baseline, args.metric)
     markdown = to_markdown(report, args.stderr)
-    Console().print(to_rich(report, args.stderr))
+    # One table: drawn for a terminal, Markdown when piped (to paste or to parse).
+    if sys.stdout.isatty():
+        Console().print(to_rich(report, args.stderr))
+    else:
+        print(markdown, end="")
     if args.output:
         base = Path(args.output)
         with atomic_file(base.with_suffix(".md"), "w", encoding="utf-8") as handle:
             handle.write(markdown)
         write_json(base.with_suffix(".json"), report)
         print(f"wrote {base.with_suffix('.md')} and {base.with_suffix('.json')}")
-    else:
-        print(markdown, end="")
     return 0

@@ -18,7 +18,7 @@ from tah.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tah.cli.eval import add_eval_arguments
+    from tah.cli.eval_args import add_eval_arguments
 
     parser.add_argument("--thresholds", default=None, help="comma list of τ values to evaluate")
     parser.add_argument(
@@ -42,7 +42,7 @@ def _finish(run_dirs: list[str], output: str) -> int:
 
 def run_from_eval_args(args: argparse.Namespace) -> int:
     """Evaluate every threshold, then collect (also used by ``tah eval --thresholds``)."""
-    from tah.cli.eval import config_from_args
+    from tah.cli.eval_args import config_from_args
     from tah.evaluation.sweep import parse_thresholds, run_sweep
 
     thresholds = parse_thresholds(args.thresholds)

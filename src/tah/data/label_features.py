@@ -35,7 +35,12 @@ def load_labels(path: str | os.PathLike, *, tokenizer: Any = None) -> tuple[Any,
         raise DataError(
             f"{out} is not a tah labels directory (no {METADATA_FILE}); run `tah label`"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{meta_path} is damaged ({exc}); rerun `tah label` with --overwrite to relabel"
+        ) from None
     if meta.get("format") != LABELS_FORMAT:
         raise DataError(f"{meta_path}: unknown labels format {meta.get('format')!r}")
     n_shards = int(meta["plan"]["shards"])
@@ -48,11 +53,26 @@ def load_labels(path: str | os.PathLike, *, tokenizer: Any = None) -> tuple[Any,
         )
     if tokenizer is not None:
         check_label_tokenizer(meta, tokenizer)
-    parts = [datasets.load_from_disk(str(d)) for d in dirs]
+    parts = [_load_shard(d) for d in dirs]
     data = datasets.concatenate_datasets(parts) if parts else None
     if data is None or len(data) == 0:
         raise DataError(f"{out} holds no labelled samples")
     return data, meta
+
+
+def _load_shard(directory: Path) -> Any:
+    """One finished shard; a damaged one (truncated file, deleted piece) is named with the fix."""
+    import datasets
+
+    try:
+        shard = datasets.load_from_disk(str(directory))
+        len(shard)
+        return shard
+    except Exception as exc:  # pyarrow and datasets raise many types for a damaged file
+        raise DataError(
+            f"label shard {directory} is damaged ({type(exc).__name__}: {exc}); delete that "
+            "folder and rerun the same `tah label` command: it relabels only the missing shard"
+        ) from None
 
 
 def _check_strategy(max_iter: int, strategy: str, query_iter: int) -> None:

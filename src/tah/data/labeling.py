@@ -208,6 +208,15 @@ class LabelReport:
 _STAT_KEYS = ("samples", "tokens", "hard_tokens", "supervised_tokens", "supervised_hard_tokens")
 
 
+def model_context(model: Any) -> int | None:
+    """The longest sequence ``model`` takes (``max_position_embeddings``), or None."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value >= 2 else None
+
+
 def _model_identity(model: Any, model_name: str | None) -> dict[str, Any]:
     cfg = model.config
     return {
@@ -386,15 +395,28 @@ def label_records(
     settings.validate()
     check_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], model_name or "model")
     out = Path(output_dir)
+    # Without max_length, the model's own context bounds a sample: a longer one cannot be
+    # labelled correctly and would allocate activations for its full length.
+    max_length = settings.max_length or model_context(model)
+    if settings.max_length is None and max_length is not None:
+        log.info("max_length: the model's context of %d tokens", max_length)
     samples, lengths = apply_length_policy(
         encode_records(tokenizer, records, think_token=settings.think_token),
-        settings.max_length,
+        max_length,
         settings.truncate,
     )
+    if lengths.dropped_too_long:
+        log.warning(
+            "%d samples longer than max_length=%s tokens skipped (pass --truncate to keep "
+            "their first %s tokens)",
+            lengths.dropped_too_long,
+            max_length,
+            max_length,
+        )
     if not samples:
         raise DataError(
             f"no samples left to label out of {len(records)} records: {lengths.dropped_too_long} "
-            f"longer than max_length={settings.max_length} (use --truncate), "
+            f"longer than max_length={max_length} (use --truncate), "
             f"{lengths.dropped_no_span} without supervised tokens"
         )
     samples.sort(key=lambda s: (-len(s.input_ids), s.data_id))

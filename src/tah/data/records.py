@@ -160,9 +160,10 @@ def _first_text(obj: Mapping, keys: tuple[str, ...], origin: str, what: str) -> 
         if isinstance(value, str) and value.strip():
             return value
     if present:
+        value = obj[present[0]]
+        state = "null" if value is None else "empty" if isinstance(value, str) else "not a string"
         raise DataError(
-            f"{origin}: {what} field {present[0]!r} is empty or not a string "
-            f"(got {type(obj[present[0]]).__name__})"
+            f"{origin}: {what} field {present[0]!r} is {state} (got {type(value).__name__})"
         )
     raise DataError(
         f"{origin}: no {what} field; expected one of {list(keys)}, found keys {sorted(obj)[:10]}"
@@ -176,28 +177,46 @@ def _looks_like_hub_id(text: str) -> bool:
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    """Yield (origin, decoded object or None, error message or None) per non-blank line."""
+    """Yield (origin, decoded object or None, error message or None) per non-blank line.
+
+    Lines are decoded one by one, so a non-UTF-8 byte is reported on its own line (a text-mode
+    reader fails on the whole buffered chunk, many lines earlier). A ``.json`` file holding one
+    JSON array yields its elements.
+    """
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     with handle:
-        lineno = 0
-        while True:
+        if path.suffix.lower() == ".json" and handle.read(64).lstrip()[:1] == b"[":
+            handle.seek(0)
+            yield from _json_array_rows(path, handle.read())
+            return
+        handle.seek(0)
+        for lineno, raw in enumerate(handle, 1):
+            origin = f"{path}:{lineno}"
             try:
-                line = handle.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
-            if not line:
-                break
-            lineno += 1
+                yield origin, None, f"{origin}: not UTF-8 text ({exc.reason}); save it as UTF-8"
+                continue
             if not line.strip():
                 continue
-            origin = f"{path}:{lineno}"
             try:
                 yield origin, json.loads(line), None
             except json.JSONDecodeError as exc:
                 yield origin, None, f"{origin}: invalid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _json_array_rows(path: Path, raw: bytes) -> Iterator[tuple[str, Any, str | None]]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    for i, obj in enumerate(data):
+        yield f"{path}[{i}]", obj, None
 
 
 def _load_from_disk(path: Path, split: str) -> Any:

@@ -217,7 +217,7 @@ class Engine:
     @classmethod
     def from_pretrained(cls, path: str, threshold: float | None = None, **kwargs: Any) -> Engine:
         """Load a TaH checkpoint (or a plain HF directory = Standard model) and serve it."""
-        from tah.model.checkpoint import load_model
+        from tah.model.loading import load_model
 
         model = load_model(path, threshold=threshold)
         kwargs.setdefault("model_name", str(path).rstrip("/").split("/")[-1])

@@ -26,179 +26,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tah.errors import CheckpointError, ConfigError
-from tah.evaluation.prompts import has_chat_template
-from tah.evaluation.sampling import SamplingParams, make_hf_processor
+from tah.evaluation.backend_base import (  # noqa: F401 (re-exported: the public names live here too)
+    Backend,
+    BackendOptions,
+    Generation,
+    count_parameters,
+    cut_at_stop,
+    encode_prompts,
+    iter_summary,
+    load_tokenizer,
+    stop_token_ids,
+)
+from tah.evaluation.sampling import make_hf_processor
+from tah.model.checkpoint import check_safetensors, quiet_hub_bars
 from tah.model.loading import check_model_source, resolve_device, resolve_dtype
 
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
-
-
-@dataclass
-class Generation:
-    """One generated answer. ``iter_counts`` summarises passes per generated token."""
-
-    text: str
-    token_ids: list[int]
-    n_tokens: int
-    iter_counts: dict[str, Any]
-    time_s: float
-    finish_reason: str = "stop"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def iter_summary(counts: Sequence[int]) -> dict[str, Any]:
-    """Histogram and means of per-token pass counts (zeros, i.e. padding, are ignored)."""
-    valid = [int(c) for c in counts if int(c) > 0]
-    hist: dict[str, int] = {}
-    for c in valid:
-        hist[str(c)] = hist.get(str(c), 0) + 1
-    n = len(valid)
-    return {
-        "hist": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
-        "avg_depth": (sum(valid) / n) if n else 0.0,
-        "iter_share": (sum(1 for c in valid if c > 1) / n) if n else 0.0,
-    }
-
-
-@dataclass
-class BackendOptions:
-    """Everything a backend may need besides the model path; unknown ``extra`` keys are errors."""
-
-    device: str = "auto"
-    dtype: str = "auto"
-    threshold: float | None = None
-    iter_budget: float | None = None  # share of generated tokens that iterate (steers τ)
-    decider: str | None = None
-    reference: str | None = None
-    trust_remote_code: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def take(self, key: str, default: Any, cast: type = str) -> Any:
-        """Pop one backend-specific option, converted to ``cast``."""
-        if key not in self.extra:
-            return default
-        raw = self.extra.pop(key)
-        try:
-            if cast is bool:
-                return str(raw).lower() in ("1", "true", "yes", "on")
-            return cast(raw)
-        except ValueError as exc:
-            raise ConfigError(f"--backend-option {key}={raw!r}: expected {cast.__name__}") from exc
-
-    def reject_unused(self, backend: str) -> None:
-        if self.extra:
-            raise ConfigError(
-                f"backend {backend!r} does not understand options {sorted(self.extra)}"
-            )
-
-
-class Backend:
-    """Interface: ``generate(prompts, params, seeds) -> list[Generation]`` plus metadata."""
-
-    name = "base"
-    seeding = "per-sample"
-    tokenizer: Any = None
-
-    def generate(
-        self,
-        prompts: Sequence[str] | Sequence[list[int]],
-        params: SamplingParams,
-        seeds: Sequence[int],
-    ) -> list[Generation]:
-        raise NotImplementedError
-
-    def info(self) -> dict[str, Any]:
-        """Facts recorded in the run (model path, parameter count, device ...)."""
-        return {"backend": self.name, "seeding": self.seeding}
-
-    def close(self) -> None:
-        """Release models and engines."""
-
-
-# ---------------------------------------------------------------------------------- helpers
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: could not load a tokenizer ({exc})") from exc
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """EOS ids: the tokenizer's, the model's generation config's, and the chat end-of-turn token."""
-    ids: list[int] = []
-
-    def add(value: Any) -> None:
-        if value is None:
-            return
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v is not None and int(v) not in ids:
-                ids.append(int(v))
-
-    add(getattr(tokenizer, "eos_token_id", None))
-    gen_cfg = getattr(model, "generation_config", None)
-    add(getattr(gen_cfg, "eos_token_id", None))
-    template = getattr(tokenizer, "chat_template", None) or ""
-    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-        if marker in template:
-            tid = tokenizer.convert_tokens_to_ids(marker)
-            if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
-                add(tid)
-    if not ids:
-        raise CheckpointError(
-            "the tokenizer defines no eos token; set eos_token in tokenizer_config.json"
-        )
-    return ids
-
-
-def encode_prompts(
-    tokenizer: Any, prompts: Sequence[str] | Sequence[list[int]], device: Any
-) -> tuple[Any, Any]:
-    """Left-padded (input_ids, attention_mask); templated text gets no extra special tokens."""
-    import torch
-
-    if prompts and not isinstance(prompts[0], str):
-        rows = [list(map(int, p)) for p in prompts]
-    else:
-        add_special = not has_chat_template(tokenizer)
-        rows = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> tuple[list[int], str]:
-    """Generated ids up to and including the first stop token; the finish reason."""
-    out: list[int] = []
-    for t in ids:
-        out.append(int(t))
-        if int(t) in stops:
-            return out, "stop"
-    return out, "length"
-
-
-def count_parameters(model: Any) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 # ---------------------------------------------------------------------------------- hf
@@ -216,13 +64,17 @@ class HFBackend(Backend):
         dtype = resolve_dtype(options.dtype, self.device)
         options.reject_unused(self.name)
         self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
+        if Path(model_path).is_dir():
+            check_safetensors(model_path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=dtype, trust_remote_code=options.trust_remote_code
-            )
+            with quiet_hub_bars():
+                model = AutoModelForCausalLM.from_pretrained(
+                    model_path, dtype=dtype, trust_remote_code=options.trust_remote_code
+                )
         except Exception as exc:
             raise CheckpointError(f"{model_path}: could not load a causal LM ({exc})") from exc
         self.model = model.to(self.device).eval()
+        self.context_length = getattr(model.config, "max_position_embeddings", None)
         self.stops = stop_token_ids(self.tokenizer, self.model)
         # transformers merges a checkpoint's generation_config.json (repetition_penalty, top_k
         # ...) into every generate call; evaluation must use exactly the given sampling params.
@@ -314,6 +166,7 @@ class TaHBackend(Backend):
             dtype=dtype,
         )
         self.model.eval()
+        self.context_length = self.model.max_context
         self.tokenizer = getattr(self.model, "tokenizer", None) or load_tokenizer(model_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -437,6 +290,30 @@ def check_local_model(kind: str, model_path: str) -> None:
     transformers (see :func:`tah.model.loading.check_model_source`)."""
     if kind in ("hf", "tah", "softthink", "oracle"):
         check_model_source(model_path, needs_config=False)
+        if not Path(model_path).expanduser().exists():
+            check_hub_model(model_path)
+
+
+def check_hub_model(name: str) -> None:
+    """A hub id must be in the local Hugging Face cache or the hub reachable: offline, a
+    mistyped id fails here at once, before a run folder is made."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from tah.model.checkpoint import hub_unreachable
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the hub client refuses (bad characters ...)
+        cached = None
+    if isinstance(cached, str):
+        return
+    offline = hub_unreachable()
+    if offline is not None:
+        raise CheckpointError(
+            f"--model {name}: no such local folder ({Path(name).expanduser().resolve()}), not in "
+            f"the Hugging Face cache, and the hub is offline ({offline}); check the name or pass "
+            "a local model folder"
+        )
 
 
 def make_backend(kind: str, model_path: str, options: BackendOptions | None = None) -> Backend:

@@ -127,6 +127,32 @@ def _pick(record: dict[str, Any], preferred: str | None, candidates: Sequence[st
     return None
 
 
+def _field(
+    record: dict[str, Any],
+    preferred: str | None,
+    candidates: Sequence[str],
+    what: str,
+    source: str,
+    index: int,
+) -> Any:
+    """The record's question or answer; missing, null and empty values are named apart."""
+    keys = [preferred, *candidates] if preferred else list(candidates)
+    key = next((k for k in keys if k in record), None)
+    where = f"{source}: record {index} (counting from 0)"
+    if key is None:
+        raise DataError(
+            f"{where} has no {what} field: expected one of {keys}, found keys {sorted(record)}"
+        )
+    value = record[key]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: {what} field {key!r} is {'null' if value is None else 'empty'}")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DataError(
+            f"{where}: {what} field {key!r} must be text or a number, got {type(value).__name__}"
+        )
+    return value
+
+
 def _clean_answer(value: Any) -> str:
     """Gold answers as strings: ``#### N`` GSM8K solutions reduced to N, ``27.0`` to ``27``."""
     if isinstance(value, float) and value.is_integer():
@@ -153,13 +179,8 @@ def records_to_problems(
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {index} is not a JSON object")
-        question = _pick(record, question_field, _QUESTION_FIELDS)
-        answer = _pick(record, answer_field, _ANSWER_FIELDS)
-        if question is None or answer is None:
-            raise DataError(
-                f"{source}: record {index} lacks a question or an answer field "
-                f"(have {sorted(record)}; expected one of {_QUESTION_FIELDS} and {_ANSWER_FIELDS})"
-            )
+        question = _field(record, question_field, _QUESTION_FIELDS, "question", source, index)
+        answer = _field(record, answer_field, _ANSWER_FIELDS, "answer", source, index)
         raw_id = _pick(record, id_field, _ID_FIELDS)
         pid = str(index) if raw_id is None else str(raw_id)
         if pid in seen:
@@ -173,19 +194,60 @@ def records_to_problems(
     return problems
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL file, naming the line of any malformed record."""
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read a JSONL file (or a ``.json`` file holding one array), naming the line of any
+    malformed record."""
+    raw = Path(path).read_bytes()
+    if Path(path).suffix == ".json" and raw.lstrip()[:1] == b"[":
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        return data
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, line_bytes in enumerate(raw.splitlines(), 1):
+        try:
+            line = line_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: not UTF-8 text ({exc.reason}); save the file as UTF-8"
+            ) from None
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if isinstance(record, list):
+            raise DataError(
+                f"{path}:{lineno}: a JSON array, not one record; write one JSON object per line "
+                "(JSONL), or save the array in a .json file"
+            )
+        records.append(record)
     return records
+
+
+def default_answer_type(path: Path) -> str:
+    """A file of a registered benchmark (``.../aime24/test.jsonl``) is graded as that benchmark
+    is by name; any other file with ``latex`` (which also reads plain numbers)."""
+    spec = REGISTRY.get(_short_name(path).lower())
+    return spec.answer_type if spec is not None else "latex"
+
+
+def check_answer_type(problems: list[Problem], answer_type: str, source: str) -> None:
+    """``string`` grading compares multiple-choice letters; refuse it for other gold answers,
+    which it would mark wrong every time."""
+    if answer_type != "string":
+        return
+    bad = next((p for p in problems if not re.fullmatch(r"\(?[A-Za-z]\)?", p.answer.strip())), None)
+    if bad is not None:
+        raise DataError(
+            f"{source}: --answer-type string grades multiple-choice letters (A, B, C ...), but "
+            f"problem {bad.id!r} has gold answer {bad.answer[:40]!r}; use --answer-type expr "
+            "(numbers) or latex (expressions)"
+        )
 
 
 def _short_name(path: Path) -> str:
@@ -193,8 +255,19 @@ def _short_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) or "data"
 
 
-def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
+def _load_hub(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     import datasets
+
+    from tah.model.checkpoint import hub_unreachable
+
+    searched = [str(d / spec.name / "test.jsonl") for d in default_data_dirs(data_dir)]
+    offline = hub_unreachable()
+    if offline is not None:
+        raise DataError(
+            f"dataset {spec.name!r}: no local copy (searched {searched}) and the hub is offline "
+            f"({offline}); pass --data-dir DIR with {spec.name}/test.jsonl inside, or set "
+            "TAH_DATA_DIR"
+        )
 
     last_error: Exception | None = None
     for split in (spec.split, *spec.fallback_splits):
@@ -205,7 +278,7 @@ def _load_hub(spec: DatasetSpec) -> list[dict[str, Any]]:
             continue
         except Exception as exc:
             raise DataError(
-                f"dataset {spec.name!r}: no local copy found (searched {[str(d) for d in default_data_dirs()]}) "
+                f"dataset {spec.name!r}: no local copy found (searched {searched}) "
                 f"and loading {spec.hub_id!r} from the hub failed ({exc}); pass --data-dir with "
                 f"{spec.name}/test.jsonl or set TAH_DATA_DIR"
             ) from exc
@@ -227,6 +300,14 @@ def load_eval_dataset(
     ``answer_type`` overrides the grader choice (registry default, else ``latex``, which also
     handles plain numbers).
     """
+    dataset = _load_eval_dataset(name_or_path, data_dir, answer_type, split)
+    check_answer_type(dataset.problems, dataset.problems[0].answer_type, dataset.source)
+    return dataset
+
+
+def _load_eval_dataset(
+    name_or_path: str, data_dir: str | os.PathLike | None, answer_type: str | None, split: str
+) -> EvalDataset:
     spec = REGISTRY.get(name_or_path.lower())
     if spec is not None:
         atype = answer_type or spec.answer_type
@@ -237,15 +318,15 @@ def load_eval_dataset(
             # Our normalised copies use id/problem/answer; fall back to the hub's field names.
             problems = records_to_problems(records, atype, source)
         else:
-            records = _load_hub(spec)
+            records = _load_hub(spec, data_dir)
             source = f"hub:{spec.hub_id}"
             problems = records_to_problems(
                 records, atype, source, spec.id_field, spec.question_field, spec.answer_field
             )
         return EvalDataset(spec.name, source, problems)
 
-    atype = answer_type or "latex"
     path = Path(name_or_path)
+    atype = answer_type or default_answer_type(path)
     if path.is_file():
         if path.suffix not in (".jsonl", ".json"):
             raise DataError(f"{path}: expected a .jsonl file of records")

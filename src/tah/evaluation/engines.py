@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tah.errors import ConfigError
-from tah.evaluation.backends import (
+from tah.evaluation.backend_base import (
     Backend,
     BackendOptions,
     Generation,

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from tah.errors import ConfigError
-from tah.evaluation.backends import (
+from tah.evaluation.backend_base import (
     Backend,
     BackendOptions,
     Generation,
@@ -29,9 +29,12 @@ from tah.evaluation.backends import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
+    returned_cache,
     stop_token_ids,
+    with_cache,
 )
 from tah.evaluation.sampling import RowSampler
+from tah.model.checkpoint import quiet_hub_bars
 from tah.model.loading import resolve_device, resolve_dtype
 
 _PROBE = "Compute 12 + 30 = 42, then \\boxed{42}. Think step by step."
@@ -69,14 +72,13 @@ class OracleBackend(Backend):
                 f"reference {options.reference} tokenizes text differently from {model_path}; "
                 f"the oracle compares token ids, so both need the same tokenizer"
             )
-        self.reference = (
-            AutoModelForCausalLM.from_pretrained(
+        with quiet_hub_bars():
+            reference = AutoModelForCausalLM.from_pretrained(
                 options.reference, dtype=dtype, trust_remote_code=options.trust_remote_code
             )
-            .to(self.device)
-            .eval()
-        )
+        self.reference = reference.to(self.device).eval()
         self.stops = stop_token_ids(self.tokenizer, self.model.base_model)
+        self.context_length = self.model.max_context
         self._torch = torch
 
     def info(self) -> dict[str, Any]:
@@ -94,10 +96,9 @@ class OracleBackend(Backend):
             input_ids=ids,
             attention_mask=mask,
             position_ids=position,
-            past_key_values=cache,
-            use_cache=True,
+            **with_cache(self.reference, cache),
         )
-        return out.logits.argmax(dim=-1), out.past_key_values
+        return out.logits.argmax(dim=-1), returned_cache(out)
 
     def generate(self, prompts, params, seeds):  # type: ignore[override]
         torch = self._torch

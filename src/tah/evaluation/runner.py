@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tah.errors import ConfigError, TaHError
-from tah.evaluation.backends import BackendOptions, check_local_model, make_backend
+from tah.evaluation.backend_base import Backend, BackendOptions, Generation, iter_summary
+from tah.evaluation.backends import check_local_model, make_backend
 from tah.evaluation.datasets import EvalDataset, load_eval_dataset
 from tah.evaluation.grading import Grader
 from tah.evaluation.prompts import PROMPT_STYLES, render_prompt
@@ -39,8 +41,15 @@ from tah.evaluation.sampling import SamplingParams, sample_seed
 from tah.evaluation.store import RunDir, append_row, row_key
 from tah.evaluation.summary import summarize
 from tah.io import write_json
+from tah.model.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
+
+# finish_reason and grade_status of a sample whose prompt alone fills the model's context.
+PROMPT_TOO_LONG = "prompt_too_long"
+
+# Backends that load the model in this process with torch (device and dtype apply to them).
+LOCAL_BACKENDS = ("hf", "tah", "softthink", "oracle")
 
 # Settings that change what a sample's output is: they must match when resuming a run.
 _FINGERPRINT_KEYS = (
@@ -97,6 +106,16 @@ class EvalConfig:
             raise ConfigError(f"--prompt-style {self.prompt_style!r}: use one of {PROMPT_STYLES}")
         if not self.datasets:
             raise ConfigError("no datasets given (--datasets gsm8k,math500)")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ConfigError(f"--data-dir {self.data_dir}: no such folder")
+        options = self.backend_options
+        threshold = options.threshold
+        if threshold is not None and not (0.0 <= threshold <= 1.0):
+            raise ConfigError(f"--threshold must be in [0, 1], got {threshold:g}")
+        if self.backend in LOCAL_BACKENDS:
+            resolve_dtype(options.dtype, resolve_device(options.device))
+            for device in self.devices or []:
+                resolve_device(device)
 
     def fingerprint(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -197,9 +216,10 @@ def _work(
                     )
                     for it in batch
                 ]
-                gens = backend.generate(prompts, config.sampling, [it["seed"] for it in batch])
+                gens = _generate_within_context(backend, prompts, config.sampling, batch)
                 for it, prompt, gen in zip(batch, prompts, gens):
                     grade = grader.grade(gen.text, it["gold"], it["answer_type"])
+                    status = PROMPT_TOO_LONG if gen.finish_reason == PROMPT_TOO_LONG else None
                     row = {
                         "dataset": it["dataset"],
                         "problem_id": it["problem_id"],
@@ -213,7 +233,7 @@ def _work(
                         "answer_type": it["answer_type"],
                         "correct": grade.correct,
                         "has_answer": grade.has_answer,
-                        "grade_status": grade.status,
+                        "grade_status": status or grade.status,
                         "n_tokens": gen.n_tokens,
                         "finish_reason": gen.finish_reason,
                         "iter": gen.iter_counts,
@@ -229,6 +249,39 @@ def _work(
     finally:
         grader.close()
         backend.close()
+
+
+def _generate_within_context(
+    backend: Backend,
+    prompts: list[Any],
+    sampling: SamplingParams,
+    batch: list[dict[str, Any]],
+) -> list[Generation]:
+    """Generate a batch so that each row's token budget depends on its own prompt only.
+
+    Rows are grouped by budget (``max_new_tokens`` capped by what the prompt leaves of the
+    context) and each group is generated on its own; a prompt that fills the context alone gets
+    a ``prompt_too_long`` record instead of stopping the run.
+    """
+    budgets = backend.token_budgets(prompts, sampling.max_new_tokens)
+    gens: list[Generation | None] = [None] * len(prompts)
+    for budget in sorted(set(budgets), reverse=True):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        if budget < 1:
+            log.warning(
+                "%d prompt(s) do not fit the model's context of %s tokens; recorded as %s",
+                len(rows),
+                backend.context_length,
+                PROMPT_TOO_LONG,
+            )
+            for i in rows:
+                gens[i] = Generation("", [], 0, iter_summary([]), 0.0, PROMPT_TOO_LONG)
+            continue
+        params = dataclasses.replace(sampling, max_new_tokens=budget)
+        out = backend.generate([prompts[i] for i in rows], params, [batch[i]["seed"] for i in rows])
+        for i, gen in zip(rows, out):
+            gens[i] = gen
+    return [g for g in gens if g is not None]
 
 
 def _worker_entry(
@@ -253,7 +306,11 @@ def _worker_entry(
         _work(config, items, worker, shard, messages.put, parent_pid)
         messages.put(("done", worker, None))
     except BaseException as exc:  # report everything to the parent
-        detail = str(exc) if isinstance(exc, TaHError) else traceback.format_exc()
+        disk_full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if disk_full:
+            detail = f"no space left on the device ({exc}); free some space and rerun"
+        else:
+            detail = str(exc) if isinstance(exc, TaHError) else traceback.format_exc()
         messages.put(("error", worker, detail))
         raise SystemExit(1) from None
 
@@ -363,8 +420,8 @@ def _check_resume(config: EvalConfig, run: RunDir) -> dict[str, Any] | None:
     if not run.exists():
         return None
     previous = run.read_run()
-    if config.overwrite:
-        return None
+    if config.overwrite or not run.finished():
+        return None  # nothing to resume: a run that produced no sample never blocks a rerun
     old = previous.get("fingerprint", {})
     new = config.fingerprint()
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -387,66 +444,77 @@ def run_eval(config: EvalConfig) -> RunResult:
     if len(set(names)) != len(names):
         raise ConfigError(f"--datasets names repeat after loading: {names}")
     run = RunDir(config.output)
+    created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     run.lock()
     try:
-        previous = _check_resume(config, run)
-        if config.overwrite and run.exists():
-            for path in (run.shards, run.samples, run.summary):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
-        record = {
-            "name": config.display_name(),
-            "fingerprint": config.fingerprint(),
-            "config": dataclasses.asdict(config),
-            "datasets": {
-                d.name: {"source": d.source, "n_problems": len(d.problems)} for d in datasets
-            },
-            "backend_info": (previous or {}).get("backend_info", {}),
-        }
-        write_json(run.run_json, record)
-        if run.repair_shards():
-            log.info("trimmed a partly written line left by an interrupted run")
-        selection = _select(config, datasets)
-        finished = run.finished()
-        pending = [it for it in selection if row_key(it) not in finished]
-        skipped = len(selection) - len(pending)
-        if skipped:
-            log.info("resuming: %d of %d samples already finished", skipped, len(selection))
-        if pending:
-            info = _run_workers(config, pending, run)
-            if info:
-                record["backend_info"] = info
-                write_json(run.run_json, record)
-            finished = run.finished()
-        rows = [finished[row_key(it)] for it in selection if row_key(it) in finished]
-        missing = len(selection) - len(rows)
-        if missing:
-            raise TaHError(f"{missing} samples are missing after the run; rerun to resume")
-        run.write_samples(rows)
-        summary = summarize(rows, names)
-        wall = time.perf_counter() - started
-        summary.update(
-            {
-                "name": record["name"],
-                "model": config.model,
-                "backend": config.backend,
-                "threshold": config.backend_options.threshold,
-                "decider": config.backend_options.decider,
-                "backend_info": record["backend_info"],
-                "samples_per_problem": config.samples,
-                "sampling": config.sampling.to_dict(),
-                "prompt_style": config.prompt_style,
-                "last_invocation": {
-                    "generated": len(pending),
-                    "skipped": skipped,
-                    "wall_time_s": wall,
-                },
-            }
-        )
-        write_json(run.summary, summary)
+        return _run_locked(config, run, datasets, started)
+    except BaseException:
+        if created and not run.finished():
+            run.unlock()
+            shutil.rmtree(run.root, ignore_errors=True)  # leave no half-made folder behind
+        raise
     finally:
         run.unlock()
+
+
+def _run_locked(
+    config: EvalConfig, run: RunDir, datasets: list[EvalDataset], started: float
+) -> RunResult:
+    names = [d.name for d in datasets]
+    previous = _check_resume(config, run)
+    if config.overwrite and run.exists():
+        for path in (run.shards, run.samples, run.summary):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    record = {
+        "name": config.display_name(),
+        "fingerprint": config.fingerprint(),
+        "config": dataclasses.asdict(config),
+        "datasets": {d.name: {"source": d.source, "n_problems": len(d.problems)} for d in datasets},
+        "backend_info": (previous or {}).get("backend_info", {}),
+    }
+    write_json(run.run_json, record)
+    if run.repair_shards():
+        log.info("trimmed a partly written line left by an interrupted run")
+    selection = _select(config, datasets)
+    finished = run.finished()
+    pending = [it for it in selection if row_key(it) not in finished]
+    skipped = len(selection) - len(pending)
+    if skipped:
+        log.info("resuming: %d of %d samples already finished", skipped, len(selection))
+    if pending:
+        info = _run_workers(config, pending, run)
+        if info:
+            record["backend_info"] = info
+            write_json(run.run_json, record)
+        finished = run.finished()
+    rows = [finished[row_key(it)] for it in selection if row_key(it) in finished]
+    missing = len(selection) - len(rows)
+    if missing:
+        raise TaHError(f"{missing} samples are missing after the run; rerun to resume")
+    run.write_samples(rows)
+    summary = summarize(rows, names)
+    wall = time.perf_counter() - started
+    summary.update(
+        {
+            "name": record["name"],
+            "model": config.model,
+            "backend": config.backend,
+            "threshold": config.backend_options.threshold,
+            "decider": config.backend_options.decider,
+            "backend_info": record["backend_info"],
+            "samples_per_problem": config.samples,
+            "sampling": config.sampling.to_dict(),
+            "prompt_style": config.prompt_style,
+            "last_invocation": {
+                "generated": len(pending),
+                "skipped": skipped,
+                "wall_time_s": wall,
+            },
+        }
+    )
+    write_json(run.summary, summary)
     return RunResult(str(run.root), summary, len(pending), skipped, wall)

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from tah.errors import ConfigError
-from tah.evaluation.backends import (
+from tah.evaluation.backend_base import (
     Backend,
     BackendOptions,
     Generation,
@@ -38,9 +38,12 @@ from tah.evaluation.backends import (
     encode_prompts,
     iter_summary,
     load_tokenizer,
+    returned_cache,
     stop_token_ids,
+    with_cache,
 )
 from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
+from tah.model.checkpoint import quiet_hub_bars
 from tah.model.loading import resolve_device, resolve_dtype
 
 SCOPES = ("auto", "think", "all", "none")
@@ -69,16 +72,15 @@ class SoftThinkBackend(Backend):
         options.reject_unused(self.name)
         self.device = resolve_device(options_device)
         self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
-        self.model = (
-            AutoModelForCausalLM.from_pretrained(
+        with quiet_hub_bars():
+            model = AutoModelForCausalLM.from_pretrained(
                 model_path,
                 dtype=resolve_dtype(options_dtype, self.device),
                 trust_remote_code=options.trust_remote_code,
             )
-            .to(self.device)
-            .eval()
-        )
+        self.model = model.to(self.device).eval()
         self.stops = stop_token_ids(self.tokenizer, self.model)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.think_open = _single_token_id(self.tokenizer, "<think>")
         self.think_close = _single_token_id(self.tokenizer, "</think>")
         if self.scope == "auto":
@@ -137,8 +139,10 @@ class SoftThinkBackend(Backend):
         start = time.perf_counter()
         with torch.inference_mode():
             position = (mask.cumsum(-1) - 1).clamp_min(0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-            cache = out.past_key_values
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=position, **with_cache(model, None)
+            )
+            cache = returned_cache(out)
             next_pos = position[:, -1:] + 1
             logits = out.logits[:, -1].float()
             for _ in range(params.max_new_tokens):
@@ -178,10 +182,9 @@ class SoftThinkBackend(Backend):
                     inputs_embeds=emb.unsqueeze(1),
                     attention_mask=mask,
                     position_ids=next_pos,
-                    past_key_values=cache,
-                    use_cache=True,
+                    **with_cache(model, cache),
                 )
-                cache = out.past_key_values
+                cache = returned_cache(out)
                 next_pos = next_pos + 1
                 logits = out.logits[:, -1].float()
         elapsed = time.perf_counter() - start

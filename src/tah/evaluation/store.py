@@ -40,7 +40,7 @@ class RunDir:
         self.run_json = self.root / "run.json"
         self.samples = self.root / "samples.jsonl"
         self.summary = self.root / "summary.json"
-        self._lock_handle: Any = None
+        self._lock: Any = None
 
     def shard(self, worker: int) -> Path:
         return self.shards / f"w{worker}.jsonl"
@@ -51,23 +51,22 @@ class RunDir:
     # ------------------------------------------------------------------ locking
     def lock(self) -> None:
         """Hold an exclusive lock so two runs never append to the same shards."""
-        import fcntl
+        from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / ".lock", "w")  # noqa: SIM115 (held until unlock)
+        lock = FileLock(str(self.root / ".lock"))
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.close()
+            lock.acquire(timeout=0)
+        except Timeout:
             raise TaHError(
                 f"{self.root} is in use by another `tah eval`; wait for it or use another --output"
-            ) from exc
-        self._lock_handle = handle
+            ) from None
+        self._lock = lock
 
     def unlock(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------ run.json
     def read_run(self) -> dict[str, Any]:

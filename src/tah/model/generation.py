@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tah.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
-    from tah.model.wrapper import TaHForCausalLM
-
 logger = logging.getLogger(__name__)
+_REDUCED_WARNED: set[tuple[int, int]] = set()
 
 
 @dataclass
@@ -76,7 +74,7 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def resolve_eos(model: TaHForCausalLM, eos_token_id: int | list[int] | None) -> list[int]:
+def resolve_eos(model: nn.Module, eos_token_id: int | list[int] | None) -> list[int]:
     if eos_token_id is None:
         tok = model.tokenizer
         eos_token_id = getattr(tok, "eos_token_id", None) if tok is not None else None
@@ -92,7 +90,7 @@ def resolve_eos(model: TaHForCausalLM, eos_token_id: int | list[int] | None) -> 
 
 
 def generate(
-    model: TaHForCausalLM,
+    model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     max_new_tokens: int = 256,
@@ -144,12 +142,16 @@ def generate(
                 f"prompt of {prompt_len} tokens does not fit the model's context of {context} tokens"
             )
         if prompt_len + max_new_tokens > context:
-            logger.warning(
-                "max_new_tokens %d reduced to %d to fit the context of %d tokens",
-                max_new_tokens,
-                context - prompt_len,
-                context,
-            )
+            # Once per (budget, context): a loop over batches would repeat it for every batch.
+            if (max_new_tokens, context) not in _REDUCED_WARNED:
+                _REDUCED_WARNED.add((max_new_tokens, context))
+                logger.warning(
+                    "max_new_tokens %d reduced to %d to fit the context of %d tokens (warned "
+                    "once; later prompts may be cut to other lengths)",
+                    max_new_tokens,
+                    context - prompt_len,
+                    context,
+                )
             max_new_tokens = context - prompt_len
     eos = resolve_eos(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
@@ -226,7 +228,7 @@ def generate(
     return GenerationOutput(torch.cat([input_ids, new_tokens], dim=1), iter_counts, stats)
 
 
-def _row_budgets(model: TaHForCausalLM, iter_budget, threshold, batch: int):
+def _row_budgets(model: nn.Module, iter_budget, threshold, batch: int):
     if iter_budget is None:
         return None
     from tah.model.budget import RowBudgets, check_budget

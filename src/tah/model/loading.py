@@ -15,18 +15,19 @@ a killed conversion leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tah.errors import CheckpointError, ConfigError
 from tah.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from tah.model.wrapper import TaHForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -99,22 +100,12 @@ def _require_gguf_package() -> None:
         )
 
 
-@contextlib.contextmanager
-def _conversion_lock(target: Path) -> Iterator[None]:
+def _conversion_lock(target: Path) -> Any:
     """An exclusive lock beside ``target`` so parallel processes convert a file only once."""
+    from filelock import FileLock
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.with_name(f".{target.name}.lock")
-    with open(lock_path, "w") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no locking, atomic_dir still applies
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(str(target.with_name(f".{target.name}.lock")))
 
 
 def _drop_gguf_quantizer(model: Any, gguf_path: Path) -> None:
@@ -221,6 +212,63 @@ def resolve_model_source(model: str, gguf_file: str | None = None) -> str:
     return str(convert_gguf(gguf)) if gguf is not None else str(model)
 
 
+def load_model(
+    path: str | os.PathLike,
+    threshold: float | None = None,
+    decider: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> TaHForCausalLM:
+    """Load a TaH checkpoint, or a plain HF causal LM wrapped as a Standard (one-pass) model."""
+    import torch
+
+    from tah.config import TaHConfig
+    from tah.model.checkpoint import (
+        CONFIG_NAME,
+        check_safetensors,
+        has_tokenizer,
+        quiet_hub_bars,
+        resolve_checkpoint,
+    )
+    from tah.model.wrapper import TaHForCausalLM
+
+    root = resolve_checkpoint(path)
+    if (root / CONFIG_NAME).is_file():
+        return TaHForCausalLM.from_pretrained(
+            root, threshold=threshold, decider=decider, device=device, dtype=dtype
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{root} holds neither a TaH checkpoint nor a Hugging Face model")
+    ignored = [
+        flag
+        for flag, value in (("threshold", threshold), ("decider", decider))
+        if value is not None
+    ]
+    if ignored:
+        logger.warning(
+            "%s is a plain Hugging Face model (no %s): it runs one pass per token, so %s "
+            "does not apply and is ignored",
+            root,
+            CONFIG_NAME,
+            " and ".join(f"--{flag}" for flag in ignored),
+        )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    check_safetensors(root)
+    try:
+        with quiet_hub_bars():
+            base = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"could not load the base model from {root}: {exc}") from None
+    tokenizer = AutoTokenizer.from_pretrained(root) if has_tokenizer(root) else None
+    model = TaHForCausalLM.from_base(base, TaHConfig(max_iter=1, decider="never"), tokenizer)
+    if device is not None:
+        model.to(device)
+    return model
+
+
 def load_model_from_cli(
     model: str | None,
     gguf_file: str | None = None,
@@ -230,8 +278,6 @@ def load_model_from_cli(
     dtype: str | None = None,
 ):
     """Load whatever ``--model`` names (default: the bundled tiny checkpoint)."""
-    from tah.model.checkpoint import load_model
-
     if model is None:
         if gguf_file is not None:
             raise CheckpointError("--gguf-file needs --model (the directory or hub id holding it)")
@@ -243,6 +289,8 @@ def load_model_from_cli(
             )
     else:
         path = resolve_model_source(model, gguf_file)
+    if device is not None:  # None: leave the weights where they load (the CPU)
+        device = resolve_device(device)
     return load_model(path, threshold=threshold, decider=decider, device=device, dtype=dtype)
 
 
@@ -253,7 +301,20 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: no CUDA device is available")
+        build = (
+            "this torch build has no CUDA support"
+            if torch.version.cuda is None
+            else ("no CUDA device is visible")
+        )
+        raise ConfigError(f"--device {device}: {build}; use --device cpu (or auto)")
+    if str(device).startswith("cuda:"):
+        index = str(device).split(":", 1)[1]
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
     return device
 
 

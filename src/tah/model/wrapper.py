@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from tah.config import TaHConfig
 from tah.errors import ConfigError, DataError, UnsupportedModelError
-from tah.model import attention
+from tah.model import attention, checkpoint, generation
 from tah.model.adapters import LoraSwitch, add_lora
 from tah.model.deciders import Decider, build_decider
 from tah.model.kv import DepthKVCache
@@ -141,15 +141,11 @@ class TaHForCausalLM(nn.Module):
         Keyword arguments: ``threshold``, ``decider``, ``device``, ``dtype`` and any TaHConfig
         field to override.
         """
-        from tah.model.checkpoint import load_pretrained
-
-        return load_pretrained(cls, path, **kwargs)
+        return checkpoint.load_pretrained(cls, path, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write base weights, tokenizer, LoRA, decider and tah_config.json atomically."""
-        from tah.model.checkpoint import save_pretrained
-
-        save_pretrained(self, path)
+        checkpoint.save_pretrained(self, path)
 
     def _attach_lora(self) -> None:
         from peft import PeftModel
@@ -391,9 +387,7 @@ class TaHForCausalLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any):
         """Sample continuations; see :func:`tah.model.generation.generate` for arguments."""
-        from tah.model.generation import generate
-
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+        return generation.generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
 
 def _pack(b_idx: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor, int]:

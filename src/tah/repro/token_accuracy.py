@@ -130,7 +130,7 @@ def token_accuracy(
 
     from tah.data.label_features import build_features, load_labels
     from tah.errors import ConfigError
-    from tah.model.checkpoint import load_model
+    from tah.model.loading import load_model
 
     if oracle and decider not in (None, "label"):
         raise ConfigError(f"oracle=True routes by the labels; decider={decider!r} conflicts")

@@ -33,6 +33,8 @@ STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "tah-trainer/1"
 SHARDED_STATE_DIR = "accelerate_state"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+# What atomic_dir and sharded saves leave behind when killed mid-save.
+_PARTIAL = re.compile(r"^\.(checkpoint-\d+|final)\.(tmp-.+|old-\d+|sharded)$")
 
 
 # ------------------------------------------------------------------ RNG states
@@ -86,9 +88,15 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     if resume in ("auto", "latest"):
         found = checkpoint_dirs(output_dir)
         if not found:
+            started = (Path(output_dir) / "train_log.jsonl").exists()
             raise CheckpointError(
-                f"--resume {resume}: no checkpoint-* directory with {STATE_FILE} in {output_dir}; "
-                "start without --resume"
+                f"--resume {resume}: no checkpoint-* directory with {STATE_FILE} in {output_dir}"
+                + (
+                    " (the run there stopped before its first checkpoint); start it again "
+                    "without --resume and with --overwrite"
+                    if started
+                    else "; start without --resume"
+                )
             )
         return found[-1][1]
     path = Path(resume)
@@ -98,6 +106,20 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
             "checkpoint-<step> directory or 'auto'"
         )
     return path
+
+
+def remove_partial_saves(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary folders of saves a kill interrupted (``.checkpoint-N.tmp-*``,
+    ``.final.tmp-*``, ``.checkpoint-N.sharded``); complete checkpoints are never touched."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    for child in root.iterdir():
+        if child.is_dir() and _PARTIAL.match(child.name):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int | None) -> None:

@@ -302,10 +302,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     import yaml
 
     path = Path(path)
+    if not path.exists():
+        path = packaged_recipe(path) or path
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"recipe {path} does not exist") from None
+        shipped = sorted(
+            str(p.relative_to(PACKAGED_RECIPES)) for p in PACKAGED_RECIPES.glob("*/*.yaml")
+        )
+        raise ConfigError(
+            f"recipe {path} does not exist; recipes shipped with tah (pass as "
+            f"recipes/NAME): {shipped}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = text_line_of(path.read_bytes(), exc.start)
+        raise ConfigError(
+            f"recipe {path}:{line} is not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"recipe {path} is a directory, not a YAML file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -315,6 +330,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
     return recipe_from_dict(raw, overrides, source=str(path))
+
+
+# The recipes/ folder of the repository, installed inside the package (a link in the source
+# tree), so `tah train recipes/tiny_cpu/stage1.yaml` also works from a pip-installed tah.
+PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def packaged_recipe(path: Path) -> Path | None:
+    """The shipped recipe that ``recipes/NAME/STAGE.yaml`` (or ``NAME/STAGE.yaml``) names."""
+    parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
+    if not parts or path.is_absolute():
+        return None
+    candidate = PACKAGED_RECIPES.joinpath(*parts)
+    return candidate if candidate.is_file() else None
+
+
+def text_line_of(raw: bytes, offset: int) -> int:
+    """1-based line number of byte ``offset`` in ``raw``."""
+    return raw.count(b"\n", 0, offset) + 1
 
 
 def recipe_from_dict(
@@ -479,3 +513,7 @@ def _check_tah_keys(tah: dict[str, Any], where: str) -> None:
             raise ConfigError(
                 f"unknown recipe key 'model.tah.{key}'{where}{hint} Valid TaH keys: {sorted(known)}"
             )
+    try:  # the values too (types and bounds), so --dry-run catches max_iter: 0
+        TaHConfig(**{"decider": "label", **tah})
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"model.tah: {exc}{where}") from None

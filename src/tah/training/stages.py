@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tah.errors import CheckpointError, ConfigError, TaHError
+from tah.model.checkpoint import check_safetensors, quiet_hub_bars
 from tah.training.losses import (
     IGNORE,
     decider_bce_sum,
@@ -108,6 +109,11 @@ def _config_vocab(recipe: Recipe, resume_dir) -> int:
     file = root / "config.json"
     if not file.is_file():
         if resume_dir is None and m.base and not root.exists():
+            if m.base.startswith((".", "/", "~")) or m.base.count("/") != 1:
+                raise ConfigError(
+                    f"model.base {m.base} does not exist (no such directory); check the path, "
+                    "or give a hub id as owner/name"
+                )
             from transformers import AutoConfig
 
             try:  # a hub id: only works with the model in the local HF cache (or online)
@@ -162,6 +168,7 @@ def _build_model(recipe: Recipe, info: ModelInfo, resume_dir: str | Path | None)
     dtype = _DTYPES[m.dtype]
     if recipe.stage == "standard":
         if resume_dir is not None:
+            check_safetensors(resume_dir)
             model = AutoModelForCausalLM.from_pretrained(str(resume_dir), dtype=dtype)
         else:
             model = _load_hf(recipe, dtype)
@@ -217,6 +224,8 @@ def _load_hf(recipe: Recipe, dtype: torch.dtype) -> nn.Module:
         config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
         torch.manual_seed(recipe.train.seed)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if Path(m.base).is_dir():
+        check_safetensors(m.base)
     try:
         return AutoModelForCausalLM.from_pretrained(m.base, dtype=dtype)
     except (OSError, ValueError) as exc:
@@ -393,20 +402,6 @@ def prepare_for_training(recipe: Recipe, model: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ saving
-@contextlib.contextmanager
-def quiet_hub_bars():
-    """No per-file "Writing model shards" / "Loading weights" bars inside our own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def save_model(recipe: Recipe, model: nn.Module, tokenizer: Any, path: Path) -> None:
     """Write the model in the layout users load: TaH ``save_pretrained`` or plain HF."""
     with quiet_hub_bars():

@@ -57,6 +57,35 @@ class TrainResult:
     is_main_process: bool = True
 
 
+@dataclass
+class _Run:
+    """The state of one training run, shared by the named steps of :func:`train`."""
+
+    recipe: Recipe
+    accelerator: Any
+    out_dir: Path
+    resume_dir: Path | None
+    rank: int = 0
+    world: int = 1
+    grad_accum: int = 1
+    info: stages.ModelInfo | None = None
+    data: Any = None
+    eval_data: Any = None
+    plan: Any = None
+    total_steps: int = 0
+    settings: Any = None
+    payload: dict[str, Any] | None = None
+    model: Any = None
+    unwrapped: Any = None
+    tokenizer: Any = None
+    collate: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    opt_names: list[str] = field(default_factory=list)
+    train_log: Any = None
+    global_step: int = 0
+
+
 def train(
     recipe: Recipe,
     *,
@@ -66,6 +95,16 @@ def train(
 ) -> TrainResult:
     """Run the recipe. ``resume`` = checkpoint dir or ``auto``; ``stop_after`` = stop (with a
     checkpoint) after that many optimiser steps, e.g. to test resuming."""
+    run = _start(recipe, resume, overwrite)
+    _check_inputs(run)  # every input problem surfaces here, before any compute
+    _build(run)
+    _restore_or_begin(run)
+    last = _loop(run, stop_after)
+    return _finish(run, last)
+
+
+def _start(recipe: Recipe, resume: str | None, overwrite: bool) -> _Run:
+    """Accelerator, output folder, seeds and gradient accumulation."""
     from accelerate.utils import set_seed
 
     out_dir = Path(recipe.output.dir)
@@ -73,205 +112,250 @@ def train(
     resume_dir = ckpt.resolve_resume(resume, out_dir) if resume else None
     accelerator = distributed.make_accelerator(recipe, report_to)
     _check_output_dir(out_dir, resume_dir, overwrite, accelerator.is_main_process)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    run = _Run(recipe, accelerator, out_dir, resume_dir)
+    run.rank, run.world = accelerator.process_index, accelerator.num_processes
     if accelerator.device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals slow CPU maths several-fold
     set_seed(recipe.train.seed)
-    grad_accum = recipe.grad_accum_for(world)
-    if accelerator.gradient_accumulation_steps != grad_accum:
-        accelerator.gradient_accumulation_steps = grad_accum
+    run.grad_accum = recipe.grad_accum_for(run.world)
+    if accelerator.gradient_accumulation_steps != run.grad_accum:
+        accelerator.gradient_accumulation_steps = run.grad_accum
+    return run
 
-    # ---------------------------------------------------------------- checks before compute
+
+def _check_inputs(run: _Run) -> None:
+    """Model description, data, step plan, loss settings and the resumed state, all checked."""
+    recipe = run.recipe
     stages.resolve_gguf_sources(recipe)
     stages.check_gradient_checkpointing(recipe)
-    info = stages.describe_model(recipe, resume_dir)
-    data = _load_data(recipe, recipe.data.train, info)
-    eval_data = _load_data(recipe, recipe.data.eval, info) if recipe.data.eval else None
-    plan = StepPlan(
-        len(data), recipe.train.per_device_batch_size, grad_accum, world, recipe.train.seed
+    info = stages.describe_model(recipe, run.resume_dir)
+    run.data = _load_data(recipe, recipe.data.train, info)
+    run.eval_data = _load_data(recipe, recipe.data.eval, info) if recipe.data.eval else None
+    run.plan = StepPlan(
+        len(run.data),
+        recipe.train.per_device_batch_size,
+        run.grad_accum,
+        run.world,
+        recipe.train.seed,
     )
-    total_steps = recipe.train.max_steps or recipe.train.epochs * plan.steps_per_epoch
-    settings = _loss_settings(recipe, data)
-    payload = ckpt.load_trainer_state(resume_dir) if resume_dir else None
-    if payload is not None:
-        _check_resume(payload, recipe, plan, total_steps, resume_dir)
+    run.total_steps = recipe.train.max_steps or recipe.train.epochs * run.plan.steps_per_epoch
+    run.settings = _loss_settings(recipe, run.data)
+    run.payload = ckpt.load_trainer_state(run.resume_dir) if run.resume_dir else None
+    if run.payload is not None:
+        _check_resume(run.payload, recipe, run.plan, run.total_steps, run.resume_dir)
+    run.info = info
 
-    # ---------------------------------------------------------------- model and optimiser
-    model = stages.build_model(recipe, info, resume_dir)
+
+def _build(run: _Run) -> None:
+    """Model, collator, optimiser and scheduler, prepared by accelerate."""
+    recipe = run.recipe
+    info = run.info
+    model = stages.build_model(recipe, info, run.resume_dir)
     stages.set_trainable(recipe, model)
     stages.enable_gradient_checkpointing(recipe, model)
     if recipe.stage == "stage2":
-        settings.threshold = float(model.config.threshold)
-    tokenizer = info.tokenizer if recipe.stage == "standard" else model.tokenizer
-    collate = Collator(stages.pad_token_id(tokenizer, model))
-    groups, opt_names = parameter_groups(model.named_parameters(), recipe.optim.weight_decay)
+        run.settings.threshold = float(model.config.threshold)
+    run.tokenizer = info.tokenizer if recipe.stage == "standard" else model.tokenizer
+    run.collate = Collator(stages.pad_token_id(run.tokenizer, model))
+    groups, run.opt_names = parameter_groups(model.named_parameters(), recipe.optim.weight_decay)
     optimizer = build_optimizer(groups, recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.optim, total_steps)
-    distributed.configure_deepspeed(accelerator, recipe, grad_accum)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    run.scheduler = build_scheduler(optimizer, recipe.optim, run.total_steps)
+    distributed.configure_deepspeed(run.accelerator, recipe, run.grad_accum)
+    run.model, run.optimizer = run.accelerator.prepare(model, optimizer)
+    run.unwrapped = run.accelerator.unwrap_model(run.model)
 
-    global_step = 0
-    train_log = JsonlLog(out_dir / LOG_FILE, enabled=accelerator.is_main_process)
+
+def _restore_or_begin(run: _Run) -> None:
+    """Load the resumed optimiser, scheduler, step and RNG state; write recipe.yaml and the
+    log's start record."""
+    recipe, accelerator, payload = run.recipe, run.accelerator, run.payload
+    run.train_log = JsonlLog(run.out_dir / LOG_FILE, enabled=accelerator.is_main_process)
     if payload is not None:
-        if payload["param_names"] != opt_names:
+        if payload["param_names"] != run.opt_names:
             raise CheckpointError(
-                f"{resume_dir}: the trainable parameters differ from the checkpoint's (another "
+                f"{run.resume_dir}: the trainable parameters differ from the checkpoint's (another "
                 "stage, adapter or trainable flags); resume with the recipe it was made with"
             )
-        ckpt.restore_optimizer(payload, resume_dir, accelerator, optimizer)
-        scheduler.load_state_dict(payload["scheduler"])
-        global_step = int(payload["global_step"])
-        ckpt.restore_rng(payload, rank)
+        ckpt.restore_optimizer(payload, run.resume_dir, accelerator, run.optimizer)
+        run.scheduler.load_state_dict(payload["scheduler"])
+        run.global_step = int(payload["global_step"])
+        ckpt.restore_rng(payload, run.rank)
         if accelerator.is_main_process:
-            train_log.truncate_after(global_step)
-        log.info("resumed from %s at step %d", resume_dir, global_step)
+            run.train_log.truncate_after(run.global_step)
+        log.info("resumed from %s at step %d", run.resume_dir, run.global_step)
     elif accelerator.is_main_process:
-        train_log.truncate_after(-1)
-    if accelerator.is_main_process:
-        import yaml
+        run.train_log.truncate_after(-1)
+    if not accelerator.is_main_process:
+        return
+    import yaml
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out_dir / "recipe.yaml", "w", encoding="utf-8") as handle:
-            yaml.safe_dump(recipe.to_dict(), handle, sort_keys=False)
-        train_log.write(
-            {
-                "event": "start",
-                "step": global_step,
-                "stage": recipe.stage,
-                "examples": len(data),
-                "skipped_lines": data.skipped_lines,
-                "processes": world,
-                "grad_accum": grad_accum,
-                "global_batch": plan.global_batch,
-                "steps_per_epoch": plan.steps_per_epoch,
-                "total_steps": total_steps,
-                "trainable_parameters": sum(
-                    p.numel() for p in unwrapped.parameters() if p.requires_grad
-                ),
-                "pos_weight": settings.pos_weight if recipe.stage == "stage2" else None,
-                "mixed_precision": accelerator.mixed_precision,
-            }
-        )
-
-    def save(target: Path, with_state: bool = True) -> None:
-        epoch, step_in_epoch = divmod(global_step, plan.steps_per_epoch)
-        state = {
-            "global_step": global_step,
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "total_steps": total_steps,
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(run.out_dir / "recipe.yaml", "w", encoding="utf-8") as handle:
+        yaml.safe_dump(recipe.to_dict(), handle, sort_keys=False)
+    run.train_log.write(
+        {
+            "event": "start",
+            "step": run.global_step,
             "stage": recipe.stage,
-            "num_examples": len(data),
-            "global_batch": plan.global_batch,
-            "seed": recipe.train.seed,
-            "param_names": opt_names,
-            "scheduler": scheduler.state_dict(),
-            "pos_weight": settings.pos_weight,
+            "examples": len(run.data),
+            "skipped_lines": run.data.skipped_lines,
+            "processes": run.world,
+            "grad_accum": run.grad_accum,
+            "global_batch": run.plan.global_batch,
+            "steps_per_epoch": run.plan.steps_per_epoch,
+            "total_steps": run.total_steps,
+            "trainable_parameters": sum(
+                p.numel() for p in run.unwrapped.parameters() if p.requires_grad
+            ),
+            "pos_weight": run.settings.pos_weight if recipe.stage == "stage2" else None,
+            "mixed_precision": accelerator.mixed_precision,
         }
-        ckpt.save_checkpoint(
-            target,
-            accelerator,
-            lambda d: stages.save_model(recipe, unwrapped, tokenizer, d),
-            state,
-            optimizer,
-            model,
-            with_state=with_state,
-        )
+    )
 
-    # ---------------------------------------------------------------- the loop
-    stop_at = total_steps if stop_after is None else min(total_steps, global_step + stop_after)
-    progress = _Progress(recipe, accelerator.is_main_process, total_steps, global_step)
-    stages.prepare_for_training(recipe, unwrapped)
+
+def _save(run: _Run, target: Path, with_state: bool = True) -> None:
+    """A checkpoint of the model (and, with ``with_state``, everything a resume needs)."""
+    epoch, step_in_epoch = divmod(run.global_step, run.plan.steps_per_epoch)
+    state = {
+        "global_step": run.global_step,
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "total_steps": run.total_steps,
+        "stage": run.recipe.stage,
+        "num_examples": len(run.data),
+        "global_batch": run.plan.global_batch,
+        "seed": run.recipe.train.seed,
+        "param_names": run.opt_names,
+        "scheduler": run.scheduler.state_dict(),
+        "pos_weight": run.settings.pos_weight,
+    }
+    ckpt.save_checkpoint(
+        target,
+        run.accelerator,
+        lambda d: stages.save_model(run.recipe, run.unwrapped, run.tokenizer, d),
+        state,
+        run.optimizer,
+        run.model,
+        with_state=with_state,
+    )
+
+
+def _optimizer_step(run: _Run, micro: list[list[int]]) -> tuple[StepStats, Any]:
+    """One optimiser step over this process's micro-batches; the loss is normalised by the
+    supervised-item count of the whole global batch."""
+    recipe, accelerator, model = run.recipe, run.accelerator, run.model
+    batches = [
+        {k: v.to(accelerator.device) for k, v in run.collate(run.data.examples(idx)).items()}
+        for idx in micro
+    ]
+    local_items = sum(stages.count_items(recipe, b, run.settings) for b in batches)
+    global_items = distributed.global_sum(local_items, accelerator)
+    scale = run.world * run.grad_accum / max(global_items, 1)
+    step_stats, grad_norm = StepStats(), None
+    for batch in batches:
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss_sum, stats = stages.micro_step(recipe, model, batch, run.settings)
+            accelerator.backward(loss_sum * scale)
+            if accelerator.sync_gradients and recipe.optim.max_grad_norm:
+                grad_norm = accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad],
+                    recipe.optim.max_grad_norm,
+                )
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        stats.loss = float(loss_sum.detach()) / max(global_items, 1)
+        step_stats.add(stats)
+    return step_stats, grad_norm
+
+
+def _loop(run: _Run, stop_after: int | None) -> dict[str, Any]:
+    """Optimiser steps until the end (or ``stop_after`` more), logging, evaluating and saving
+    on the recipe's schedule; returns the last logged record."""
+    recipe, accelerator, plan = run.recipe, run.accelerator, run.plan
+    total_steps = run.total_steps
+    stop_at = total_steps if stop_after is None else min(total_steps, run.global_step + stop_after)
+    progress = _Progress(recipe, accelerator.is_main_process, total_steps, run.global_step)
+    stages.prepare_for_training(recipe, run.unwrapped)
     interval, interval_steps, interval_start = StepStats(), 0, time.perf_counter()
     last: dict[str, Any] = {}
     order_cache: dict[int, list[int]] = {}
     try:
-        while global_step < stop_at:
-            epoch, step_in_epoch = divmod(global_step, plan.steps_per_epoch)
+        while run.global_step < stop_at:
+            epoch, step_in_epoch = divmod(run.global_step, plan.steps_per_epoch)
             if epoch not in order_cache:
                 order_cache.clear()
                 order_cache[epoch] = plan.epoch_order(epoch)
-            micro = plan.micro_batches(epoch, step_in_epoch, rank, order_cache[epoch])
-            batches = [
-                {k: v.to(accelerator.device) for k, v in collate(data.examples(idx)).items()}
-                for idx in micro
-            ]
-            local_items = sum(stages.count_items(recipe, b, settings) for b in batches)
-            global_items = distributed.global_sum(local_items, accelerator)
-            scale = world * grad_accum / max(global_items, 1)
-            step_stats, grad_norm = StepStats(), None
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss_sum, stats = stages.micro_step(recipe, model, batch, settings)
-                    accelerator.backward(loss_sum * scale)
-                    if accelerator.sync_gradients and recipe.optim.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(
-                            [p for p in model.parameters() if p.requires_grad],
-                            recipe.optim.max_grad_norm,
-                        )
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                stats.loss = float(loss_sum.detach()) / max(global_items, 1)
-                step_stats.add(stats)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            global_step += 1
+            micro = plan.micro_batches(epoch, step_in_epoch, run.rank, order_cache[epoch])
+            step_stats, grad_norm = _optimizer_step(run, micro)
+            lr = run.scheduler.get_last_lr()[0]
+            run.scheduler.step()
+            run.global_step += 1
+            step = run.global_step
             step_stats = reduce_stats(step_stats, accelerator)
             interval.add(step_stats)
             interval_steps += 1
             progress.advance(step_stats.loss, lr)
 
-            if global_step % recipe.output.log_every == 0 or global_step == stop_at:
+            if step % recipe.output.log_every == 0 or step == stop_at:
                 elapsed = time.perf_counter() - interval_start
-                last = _record(
-                    recipe, "train", global_step, plan, interval, interval_steps, elapsed
-                )
+                last = _record(recipe, "train", step, plan, interval, interval_steps, elapsed)
                 last["lr"] = lr
                 last["grad_norm"] = None if grad_norm is None else float(grad_norm)
-                train_log.write(last)
-                accelerator.log({k: v for k, v in last.items() if _is_number(v)}, step=global_step)
+                run.train_log.write(last)
+                accelerator.log({k: v for k, v in last.items() if _is_number(v)}, step=step)
                 interval, interval_steps, interval_start = StepStats(), 0, time.perf_counter()
 
-            epoch_end = global_step % plan.steps_per_epoch == 0
-            if eval_data is not None and (
-                (recipe.output.eval_every and global_step % recipe.output.eval_every == 0)
+            epoch_end = step % plan.steps_per_epoch == 0
+            if run.eval_data is not None and (
+                (recipe.output.eval_every and step % recipe.output.eval_every == 0)
                 or (recipe.output.eval_each_epoch and epoch_end)
             ):
                 record = evaluate(
-                    recipe, model, eval_data, collate, settings, accelerator, global_step
+                    recipe, run.model, run.eval_data, run.collate, run.settings, accelerator, step
                 )
-                train_log.write(record)
+                run.train_log.write(record)
                 accelerator.log(
-                    {f"eval/{k}": v for k, v in record.items() if _is_number(v)}, step=global_step
+                    {f"eval/{k}": v for k, v in record.items() if _is_number(v)}, step=step
                 )
-                stages.prepare_for_training(recipe, unwrapped)
-            if global_step < total_steps and (
-                (recipe.output.save_every and global_step % recipe.output.save_every == 0)
+                stages.prepare_for_training(recipe, run.unwrapped)
+            if step < total_steps and (
+                (recipe.output.save_every and step % recipe.output.save_every == 0)
                 or (recipe.output.save_each_epoch and epoch_end)
-                or global_step == stop_at
+                or step == stop_at
             ):
-                save(out_dir / f"checkpoint-{global_step}")
+                _save(run, run.out_dir / f"checkpoint-{step}")
                 if accelerator.is_main_process:
-                    ckpt.prune_checkpoints(out_dir, recipe.output.keep_last)
+                    ckpt.prune_checkpoints(run.out_dir, recipe.output.keep_last)
     finally:
         progress.close()
+    return last
 
-    final_dir = out_dir / FINAL_DIR
-    in_sync = distributed.ranks_in_sync(unwrapped, accelerator)
-    if global_step >= total_steps:
-        save(final_dir, with_state=False)
+
+def _finish(run: _Run, last: dict[str, Any]) -> TrainResult:
+    """The final model (when all steps ran), the log's end record and summary.json."""
+    accelerator = run.accelerator
+    final_dir = run.out_dir / FINAL_DIR
+    in_sync = distributed.ranks_in_sync(run.unwrapped, accelerator)
+    finished = run.global_step >= run.total_steps
+    if finished:
+        _save(run, final_dir, with_state=False)
     if accelerator.is_main_process:
-        end = {"event": "end", "step": global_step, "finished": global_step >= total_steps}
+        end = {"event": "end", "step": run.global_step, "finished": finished}
         if in_sync is not None:
             end["ranks_in_sync"] = in_sync
-        train_log.write(end)
-        write_json(out_dir / "summary.json", {**last, **end, "output": str(final_dir)})
-    train_log.close()
+        run.train_log.write(end)
+        write_json(run.out_dir / "summary.json", {**last, **end, "output": str(final_dir)})
+    run.train_log.close()
     accelerator.end_training()
     return TrainResult(
-        out_dir, final_dir, global_step, total_steps, last, in_sync, accelerator.is_main_process
+        run.out_dir,
+        final_dir,
+        run.global_step,
+        run.total_steps,
+        last,
+        in_sync,
+        accelerator.is_main_process,
     )
 
 
@@ -369,7 +453,11 @@ def _loss_settings(recipe: Recipe, data: TrainingData) -> stages.LossSettings:
 
 
 def _check_output_dir(out_dir: Path, resume_dir: Path | None, overwrite: bool, main: bool) -> None:
-    """Refuse to mix a new run into an old one; ``overwrite`` removes the old run's artefacts."""
+    """Refuse to mix a new run into an old one; ``overwrite`` removes the old run's artefacts.
+    Folders of saves a kill interrupted are removed either way."""
+    if main:
+        for path in ckpt.remove_partial_saves(out_dir):
+            log.info("removed %s, left by a save that was interrupted", path)
     if resume_dir is not None:
         return
     existing = ckpt.checkpoint_dirs(out_dir)
@@ -379,7 +467,13 @@ def _check_output_dir(out_dir: Path, resume_dir: Path | None, overwrite: bool, m
                 shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(out_dir / FINAL_DIR, ignore_errors=True)
         return
-    if existing or (out_dir / FINAL_DIR).exists() or (out_dir / LOG_FILE).exists():
+    if not existing and not (out_dir / FINAL_DIR).exists() and (out_dir / LOG_FILE).exists():
+        raise ConfigError(
+            f"output dir {out_dir} holds a run that stopped before its first checkpoint, so "
+            "there is nothing to resume; pass --overwrite to start over, or choose another "
+            "output.dir"
+        )
+    if existing or (out_dir / FINAL_DIR).exists():
         raise ConfigError(
             f"output dir {out_dir} already holds a run; pass --resume auto to continue it, "
             "--overwrite to start over, or choose another output.dir"
