@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -16,11 +17,20 @@ from safetensors.torch import load_file
 from test_train_utils import REPO, random_rows, recipe_dict, train_records, write_recipe, write_rows
 
 
+def free_port() -> int:
+    """A free TCP port for the rendezvous (the config's static default, 29500, may be taken by
+    another job on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(recipe, *flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         str(REPO / "recipes" / "accelerate" / "fsdp_cpu.yaml"), "--num_processes", "2",
+        "--main_process_port", str(free_port()),
         "-m", "tah", "train", str(recipe), "--no-progress", *flags,
     ]  # fmt: skip
     # Own process group: on a timeout the launcher's ranks are ended too, not left behind.
