@@ -550,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[device_run] {name}: {result['status']} ({result['seconds']:.1f} s)", flush=True
             )
-            write_json(out / "device_run.json", run.results)  # partial results survive a kill
+            # partial results survive a kill (the shell wrapper's timeout, a lost machine)
+            write_json(out / "device_run.json", run.results)
+            with atomic_file(out / "summary.md") as f:
+                f.write(summary(run.results))
     text = summary(run.results)
     write_json(out / "device_run.json", run.results)
     with atomic_file(out / "summary.md") as f:
