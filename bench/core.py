@@ -7,14 +7,17 @@ Prints, for one random-weight Qwen3-shaped model:
   of tokens iterating, as ratios to the plain HF forward;
 * decode tokens/s at batch 1 and 16: HF ``generate`` (greedy) against
   ``TaHForCausalLM.generate`` in Standard mode and with an MLP decider calibrated to iterate
-  ~6 % of tokens.
-Times are best-of-N with the variants interleaved in one process (the machines are noisy).
+  ~6 % of tokens, each system on its own model instance; min / median / max over repeats,
+  ratios of medians.
+Times are interleaved in one process (the machines are noisy): prefill best-of-N, decode
+min / median / max.
 Peak memory is the peak of live tensors beyond the model's weights (torch's MemTracker). Target: cost ≈ (1 + share) × plain.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -93,41 +96,63 @@ def calibrate_threshold(model, ids, share: float) -> float:
     return float(torch.quantile(probs, 1 - share))
 
 
-def decode(quick: bool) -> list[tuple[int, float, float, float, float]]:
-    hf = build(quick)
+def decode_models(quick: bool):
+    """Plain HF, TaH Standard and TaH with an MLP decider: three separate model instances."""
+    return build(quick), tah_model(build(quick), "never"), tah_model(build(quick), "mlp")
+
+
+def decode(quick: bool, repeats: int = 3) -> list[dict]:
+    """Decode tokens/s per batch size: min / median / max over interleaved repeats.
+
+    Each system has its own model instance (``from_base`` modifies the HF model it wraps, so
+    wrapping the baseline would give "plain HF" LoRA layers), built once and reused across
+    batch sizes; every repeat runs all three systems back to back, so load drifts hit them
+    alike.
+    """
+    hf, standard, tah = decode_models(quick)
     new_tokens = 16 if quick else 64
     rows = []
     for batch in (1, 16):
         ids = torch.randint(
             0, hf.config.vocab_size, (batch, 32), generator=torch.Generator().manual_seed(1)
         )
-        with torch.no_grad():
-            hf.generate(ids, max_new_tokens=2, do_sample=False)
-            start = time.perf_counter()
-            hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            hf_tps = batch * new_tokens / (time.perf_counter() - start)
-        standard = tah_model(hf, "never")
-        standard.generate(ids, max_new_tokens=2, eos_token_id=[])
-        std = standard.generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
-        tah = tah_model(build(quick), "mlp")
         threshold = calibrate_threshold(tah, ids, 0.06)
-        tah.generate(ids, max_new_tokens=2, eos_token_id=[], threshold=threshold)
-        res = tah.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], threshold=threshold)
-        rows.append(
-            (
-                batch,
-                hf_tps,
-                std.stats["tokens_per_s"],
-                res.stats["tokens_per_s"],
-                res.stats["iter_share"],
-            )
-        )
+        share = 0.0
+
+        def run_hf(ids=ids):
+            hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+        def run_standard(ids=ids):
+            standard.generate(ids, max_new_tokens=new_tokens, eos_token_id=[])
+
+        def run_tah(ids=ids, threshold=threshold):
+            nonlocal share
+            res = tah.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], threshold=threshold)
+            share = res.stats["iter_share"]
+
+        runs = {"hf": run_hf, "standard": run_standard, "tah": run_tah}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        with torch.no_grad():
+            for run in runs.values():  # warm-up
+                run()
+            for _ in range(repeats):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
+        tokens = batch * new_tokens
+        row = {"batch": batch, "iter_share": share}
+        for name, ts in times.items():
+            ts = sorted(ts)
+            row[name] = [tokens / ts[-1], tokens / statistics.median(ts), tokens / ts[0]]
+        rows.append(row)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller model, for a fast check")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved decode repeats")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is steadier on a busy machine)"
     )
@@ -160,18 +185,25 @@ def main() -> None:
             f"{plain_m:.0f} MB",
         )
     Console().print(table)
-    table = Table(title="decode tokens/s (greedy)")
+    table = Table(
+        title=f"decode tokens/s (greedy), min / median / max of {args.repeats} interleaved runs"
+    )
     for col in ("batch", "HF generate", "TaH standard", "ratio", "TaH mlp", "iterating", "ratio"):
         table.add_column(col)
-    for batch, hf_tps, std_tps, tah_tps, share in decode(args.quick):
+
+    def spread(v):
+        return " / ".join(f"{x:.0f}" for x in v)
+
+    for row in decode(args.quick, args.repeats):
+        hf_med = row["hf"][1]
         table.add_row(
-            str(batch),
-            f"{hf_tps:.0f}",
-            f"{std_tps:.0f}",
-            f"{std_tps / hf_tps:.2f}",
-            f"{tah_tps:.0f}",
-            f"{share:.1%}",
-            f"{tah_tps / hf_tps:.2f}",
+            str(row["batch"]),
+            spread(row["hf"]),
+            spread(row["standard"]),
+            f"{row['standard'][1] / hf_med:.2f}",
+            spread(row["tah"]),
+            f"{row['iter_share']:.1%}",
+            f"{row['tah'][1] / hf_med:.2f}",
         )
     Console().print(table)
 

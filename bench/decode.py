@@ -26,8 +26,10 @@ the engines ``--rounds`` x B prompts with B rows, so new requests take rows as o
 Times are wall-clock; ``--cpu-time`` uses process CPU time instead, which is steadier on a
 machine shared with other jobs (use it with ``--threads 1``).
 
-Targets (issue #6): engine_tah >= 0.85 x engine at ~6 % iterating; engine_tah >= 5 x core at
-batch 16.
+Targets (issues #6, #13): engine_tah >= 0.90 x engine at ~6 % iterating; engine_tah >= 5 x core
+at batch 16. ``steps engine/tah`` is the ratio of the engines' step counts: a token that thinks
+again costs its row one more step, so where a step costs the same whatever its rows (decode on a
+GPU, bound by reading the weights) this is about the best tah/engine can reach in that run.
 """
 
 from __future__ import annotations
@@ -189,11 +191,15 @@ def run(args: argparse.Namespace) -> dict:
             for i in range(len(prompts))
         ]
         eng.max_active = slots
+        before = eng.stats["steps"]
         try:
             outs = eng.generate(prompts, params)
         finally:
             eng.max_active = None
+        steps[id(eng)] = eng.stats["steps"] - before
         return [c for o in outs for c in o.iter_counts]
+
+    steps: dict[int, int] = {}
 
     rows = []
     with Progress(console=console, transient=True) as progress:
@@ -220,7 +226,13 @@ def run(args: argparse.Namespace) -> dict:
                 row[f"{name}_tok_s"] = n_tokens / seconds
                 if name in ("core", "engine_tah"):
                     row[f"iter_share_{name}"] = sum(c > 1 for c in counts) / len(counts)
+                if name in ("engine", "engine_tah"):
+                    row[f"{name}_steps"] = steps[id(plain if name == "engine" else engine)]
                 progress.advance(task)
+            if "engine_steps" in row and "engine_tah_steps" in row:
+                # a token that thinks again costs its row a step: the step-count ratio bounds
+                # tah/engine where a step costs the same whatever its rows (memory-bound GPUs)
+                row["steps_ratio"] = row["engine_steps"] / row["engine_tah_steps"]
             for key, num, den in (
                 ("engine_vs_hf", "engine", "hf"),
                 ("tah_vs_engine", "engine_tah", "engine"),
@@ -244,6 +256,7 @@ def run(args: argparse.Namespace) -> dict:
         ("engine_vs_hf", "engine/hf", "{:.2f}"),
         ("tah_vs_engine", "tah/engine", "{:.2f}"),
         ("tah_vs_core", "tah/core", "{:.2f}"),
+        ("steps_ratio", "steps engine/tah", "{:.2f}"),
         ("iter_share_engine_tah", "iter% tah", "{:.1%}"),
         ("iter_share_core", "iter% core", "{:.1%}"),
     ]

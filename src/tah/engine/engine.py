@@ -52,6 +52,7 @@ from tah.engine.request import (
 )
 from tah.engine.sampling import SamplingParams, filter_probs, make_generator, sample_rows
 from tah.engine.step import run_step
+from tah.engine.topk import topk_values
 from tah.engine.trace import make_trace
 from tah.errors import ConfigError, DataError, UnsupportedModelError
 
@@ -432,7 +433,7 @@ class Engine:
         self.last_probs = None
         if self.kind == "always":
             return torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
-        values = cum.topk(self.decider_topk, dim=-1).values
+        values = topk_values(cum, self.decider_topk)  # exact, cheaper over a long vocabulary
         features = torch.cat([feats[i] for i in self.capture], dim=-1)
         logits = self.decider(values, features).float()
         self.last_probs = torch.sigmoid(logits)  # read by trace.record_decisions if needed

@@ -89,6 +89,7 @@ class KVStore:
         self.deep_valid = torch.zeros(
             (max(depths - 1, 0), max_rows, max_len + 1), dtype=torch.bool, device=device
         )
+        self.device = torch.device(device)
         self.row_ids = torch.arange(max_rows, device=device)
         self.columns = torch.arange(max_len + 1, device=device)
 
@@ -151,22 +152,27 @@ class KVStore:
         shallow: bool,
         write_pos: Tensor,
         need_mask: bool,
-        groups: list[tuple[int, Tensor]],
+        groups: list[tuple[int, list[int]]],
     ) -> DecodePass:
         """One token per prefix row 0..n-1, each at its own depth.
 
         Rows at depth 1 (``shallow``) write slot 0 at ``write_pos`` (deeper rows are pointed at
         the spare column there) and attend over slot 0 as one batch. ``groups`` lists
-        (slot, rows) of the rows running a deeper pass: they are gathered, write their slot
-        and attend duo-causally; their results replace those rows of the batch output.
+        (slot, sorted row list) of the rows running a deeper pass: they are gathered (sliced,
+        when consecutive: the common case of one deep row), write their slot and attend
+        duo-causally; their results replace those rows of the batch output.
         """
         mask = None
         if shallow and need_mask:
             mask = (self.columns[:key_len][None, None, :] <= positions[:, :, None])[:, None]
         deep = []
-        for slot, rows in groups:
+        for slot, row_list in groups:
+            rows: Tensor | slice = torch.tensor(row_list, dtype=torch.long, device=self.device)
             pos = positions.index_select(0, rows)
-            deep.append((slot, rows, pos, self._deep_mask(slot, rows, pos, key_len)))
+            mask_d = self._deep_mask(slot, rows, pos, key_len)
+            if row_list[-1] - row_list[0] == len(row_list) - 1:
+                rows = slice(row_list[0], row_list[-1] + 1)
+            deep.append((slot, rows, pos, mask_d))
         return DecodePass(self, n, positions, key_len, shallow, write_pos, mask, deep)
 
     def _deep_mask(self, slot: int, rows: Tensor, positions: Tensor, key_len: int) -> Tensor:
@@ -196,7 +202,7 @@ class DecodePass:
     shallow: bool
     write_pos: Tensor  # (n, 1)
     mask: Tensor | None
-    deep: list[tuple[int, Tensor, Tensor, Tensor]]  # (slot, rows, positions, mask)
+    deep: list[tuple[int, Tensor | slice, Tensor, Tensor]]  # (slot, rows, positions, mask)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         store, n, key_len = self.store, self.n, self.key_len
@@ -208,14 +214,27 @@ class DecodePass:
             vbuf.index_put_(idx, v)
             out = _sdpa(q, kbuf[:, :key_len], vbuf[:, :key_len], self.mask, False)
         for slot, rows, pos, mask in self.deep:
-            qi, ki, vi = q.index_select(0, rows), k.index_select(0, rows), v.index_select(0, rows)
-            store.keys[slot][layer].index_put_((rows[:, None], pos), ki)
-            store.values[slot][layer].index_put_((rows[:, None], pos), vi)
+            if isinstance(rows, slice):  # views instead of gathers, an in-place scatter
+                qi, ki, vi = q[rows], k[rows], v[rows]
+                idx = (store.row_ids[: ki.shape[0], None], pos)
+                store.keys[slot][layer][rows].index_put_(idx, ki)
+                store.values[slot][layer][rows].index_put_(idx, vi)
+            else:
+                qi, ki, vi = (
+                    q.index_select(0, rows),
+                    k.index_select(0, rows),
+                    v.index_select(0, rows),
+                )
+                store.keys[slot][layer].index_put_((rows[:, None], pos), ki)
+                store.values[slot][layer].index_put_((rows[:, None], pos), vi)
             keys, values = store.gather(layer, rows, slot, key_len)
             o = _sdpa(qi, keys, values, mask, False)
             if out is None:
                 out = o.new_zeros((n, *o.shape[1:]))
-            out = out.index_copy(0, rows, o)
+            if isinstance(rows, slice):
+                out[rows] = o  # ``out`` is this step's own fresh tensor
+            else:
+                out = out.index_copy(0, rows, o)
         return out
 
 

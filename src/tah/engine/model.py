@@ -34,6 +34,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # attend(layer_index, q, k, v) -> attention output (..., n_heads * head_dim); q/k/v are
 # (..., heads, head_dim) after q/k-norm and RoPE, with the leading dims of the input.
 AttendFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+# Which tokens get the LoRA delta: None = none, True = all, a tensor of flat token indices, or
+# a tuple of (start, end) runs of flat token indices.
+LoraRows = Tensor | bool | tuple[tuple[int, int], ...] | None
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,22 @@ class LoraPair:
 @dataclass
 class LoraGroup:
     """The LoRA adapters of projections that share an input and a fused base matrix
-    (q/k/v, gate/up): one product with the stacked A matrices, then each B on its slice.
+    (q/k/v, gate/up): one product with the stacked A matrices, one with the stacked B matrices.
 
     delta[..., out_lo:out_hi] = scale * B(A(x)) for each adapted projection, zero elsewhere.
+    Each B is stored already multiplied by its scale, on the block diagonal of ``b`` (zeros
+    elsewhere), so the whole group is two matrix products whatever the scales: the per-step
+    cost of a deep token is a fixed number of small products, and on the engine's hot path
+    (:meth:`CompactDecoder._add_lora`) the second one adds into the base output in place.
     """
 
     a: Tensor  # (sum of ranks, in): the A matrices stacked
-    b: Tensor  # (out, sum of ranks): the B matrices on the block diagonal (zeros elsewhere)
-    scale: float | None  # shared scale, or None if the projections' scales differ
-    parts: list[tuple[Tensor, float, int, int, int, int]]  # (B, scale, r_lo, r_hi, out_lo, out_hi)
-    out_size: int
+    b: Tensor  # (out, sum of ranks): scale * B per projection on the block diagonal
+    at: Tensor = field(init=False)  # views for torch.mm / addmm (no copies)
+    bt: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.at, self.bt = self.a.t(), self.b.t()
 
     @classmethod
     def build(cls, pairs: list[LoraPair | None], sizes: list[int]) -> LoraGroup | None:
@@ -119,26 +128,18 @@ class LoraGroup:
         if not present:
             return None
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        parts, r_lo = [], 0
+        a = torch.cat([p.a for p, _ in present], dim=0)
+        b = a.new_zeros((sum(sizes), a.shape[0]))
+        r_lo = 0
         for pair, i in present:
             r = pair.a.shape[0]
-            parts.append((pair.b, pair.scale, r_lo, r_lo + r, offsets[i], offsets[i] + sizes[i]))
+            # Scales are alpha / r, usually a power of two: folding them in is then exact.
+            b[offsets[i] : offsets[i] + sizes[i], r_lo : r_lo + r] = pair.b * pair.scale
             r_lo += r
-        a = torch.cat([p.a for p, _ in present], dim=0)
-        b = a.new_zeros((sum(sizes), r_lo))
-        for pb, _, lo, hi, o_lo, o_hi in parts:
-            b[o_lo:o_hi, lo:hi] = pb
-        scales = {p.scale for p, _ in present}
-        return cls(a, b, scales.pop() if len(scales) == 1 else None, parts, sum(sizes))
+        return cls(a, b)
 
     def delta(self, x: Tensor) -> Tensor:
-        a = F.linear(x, self.a)
-        if self.scale is not None:  # two products for the whole group
-            return F.linear(a, self.b) * self.scale
-        out = x.new_zeros((*x.shape[:-1], self.out_size))
-        for b, scale, lo, hi, o_lo, o_hi in self.parts:
-            out[..., o_lo:o_hi] = F.linear(a[..., lo:hi], b) * scale
-        return out
+        return F.linear(F.linear(x, self.a), self.b)
 
 
 @dataclass
@@ -370,15 +371,23 @@ class CompactDecoder:
         return weight * h.to(dtype)
 
     @staticmethod
-    def _add_lora(out: Tensor, x: Tensor, group: LoraGroup | None, rows) -> Tensor:
-        """out + LoRA delta, for every token (``rows`` True) or only the tokens given (indices
-        into the flattened leading dimensions)."""
+    def _add_lora(out: Tensor, x: Tensor, group: LoraGroup | None, rows: LoraRows) -> Tensor:
+        """out + LoRA delta, for every token (``rows`` True), the tokens given by index (a
+        tensor into the flattened leading dimensions), or runs of consecutive tokens (a tuple
+        of (start, end) pairs: two small products per run, the second adding in place)."""
         if group is None or rows is None:
             return out
         if rows is True:
             return out + group.delta(x)
         flat = out.view(-1, out.shape[-1])
-        flat.index_add_(0, rows, group.delta(x.reshape(-1, x.shape[-1]).index_select(0, rows)))
+        flat_x = x.reshape(-1, x.shape[-1])
+        if isinstance(rows, tuple):
+            for lo, hi in rows:
+                flat[lo:hi].addmm_(torch.mm(flat_x[lo:hi], group.at), group.bt)
+            return out
+        flat.index_add_(
+            0, rows, torch.mm(torch.mm(flat_x.index_select(0, rows), group.at), group.bt)
+        )
         return out
 
     def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -391,7 +400,7 @@ class CompactDecoder:
         x: Tensor,
         positions: Tensor,
         attend: AttendFn,
-        lora_rows: Tensor | bool | None = None,
+        lora_rows: LoraRows = None,
         capture: tuple[int, ...] = (),
     ) -> tuple[Tensor, dict[int, Tensor]]:
         """Run every decoder layer and the final norm on input embeddings ``x`` (..., H).
@@ -399,7 +408,8 @@ class CompactDecoder:
         ``positions`` (...) are the RoPE positions, one per token; ``attend`` gets q/k/v with
         the same leading dimensions. ``lora_rows`` switches the LoRA adapter on: None/False =
         off (depth 1), True = every token (a deep pass), a tensor of token indices (into the
-        flattened leading dimensions) = those tokens only (a step mixing depths).
+        flattened leading dimensions) or a tuple of (start, end) index runs = those tokens
+        only (a step mixing depths).
         Returns the final-normed hidden states and the captured states by HF index.
         """
         shape = self.shape

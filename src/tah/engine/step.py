@@ -33,8 +33,8 @@ from tah.engine.request import RUNNING, LastToken, Pending
 from tah.engine.trace import record_decisions, record_prompt
 
 if TYPE_CHECKING:
-    from tah.engine.engine import Engine
     from tah.engine.request import Request, TokenEvent
+    from tah.engine.state import EngineState
 
 DECODE, PROMPT = 0, 1
 
@@ -42,12 +42,12 @@ DECODE, PROMPT = 0, 1
 class StepBuilder:
     """Collects the step's blocks and the tokens that need logits ("heads")."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineState) -> None:
         self.engine = engine
         self.seg = Segments()
         self.xs: list[Tensor] = []
         self.positions: list[Tensor] = []
-        self.lora: list[Tensor] = []
+        self.lora: list[tuple[int, int]] = []  # runs (start, end) of flat tokens with LoRA on
         # Per head: flat token index, depth just run, depth cap, threshold, kind, info.
         self.flat: list[int] = []
         self.depth: list[int] = []
@@ -58,6 +58,8 @@ class StepBuilder:
         # Heads whose logits add to an earlier sum: head indices and those sums.
         self.prev_heads: list[Tensor] = []
         self.prev_cum: list[Tensor] = []
+        # A decode-only step run padded (graphs.py): (shape, x, positions, write_pos, deep).
+        self.padded: tuple | None = None
 
     def head(self, flat: int, depth: int, cap: int, thr: float, kind: int, info) -> None:
         self.flat.append(flat)
@@ -91,20 +93,26 @@ class StepBuilder:
             is_deep = torch.zeros(n, dtype=torch.bool, device=dev)
             is_deep[deep_t] = True
             write_pos = positions.masked_fill(is_deep[:, None], eng.max_len)
-            groups = [
-                (d - 1, torch.tensor(rows, dtype=torch.long, device=dev))
-                for d, rows in sorted(by_depth.items())
-            ]
+            groups = [(d - 1, rows) for d, rows in sorted(by_depth.items())]
             eng.stats["deep_rows"] += len(deep)
-        need_mask = any(cur[i] + 1 != key_len for i in shallow)
-        step = eng.store.decode_pass(
-            n, positions, key_len, bool(shallow), write_pos, need_mask, groups
-        )
+        graphs = getattr(eng, "graphs", None)
+        shape = None
+        if graphs is not None and eng.n_rows == n:  # no row prefilling: decode only
+            deep_rows = [i for _, rows in groups for i in rows]
+            shape = graphs.shape_for(n, deep_rows, key_len, max(by_depth, default=1) - 1)
+        if shape is not None:
+            self.padded = (shape, x, eng.pos[:n], write_pos.view(-1), sorted(deep_rows))
+            step = None
+        else:
+            need_mask = any(cur[i] + 1 != key_len for i in shallow)
+            step = eng.store.decode_pass(
+                n, positions, key_len, bool(shallow), write_pos, need_mask, groups
+            )
         start = self.seg.add(n, 1, step)
         self.xs.append(x)
         self.positions.append(eng.pos[:n])
         if by_depth:
-            self.lora.append(deep_t + start)
+            self.lora.extend((start + lo, start + hi) for lo, hi in runs_of(deep))
             self.prev_heads.append(deep_t + len(self.flat))
             self.prev_cum.append(eng.cum_buf.index_select(0, deep_t))
         for i, req in enumerate(reqs):
@@ -137,7 +145,7 @@ class StepBuilder:
         start = self.seg.add(len(rows), width, step)
         self.xs.append(x.view(-1, hidden))
         self.positions.append(grid_pos.view(-1))
-        self.lora.append(torch.arange(start, start + len(rows) * width, device=dev))
+        self.lora.append((start, start + len(rows) * width))
         first = len(self.flat)
         k = 0
         for req, group in entries:
@@ -193,7 +201,34 @@ class StepBuilder:
             eng.stats["prompt_tokens"] += end - start
 
 
-def run_step(engine: Engine, events: list[TokenEvent]) -> None:
+def runs_of(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as maximal runs of consecutive values, (start, end) half-open."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def lora_tokens(runs: list[tuple[int, int]], device, max_runs: int = 2):
+    """The tokens with LoRA on, in the cheapest form for ``CompactDecoder._add_lora``: a few
+    runs stay runs (slices: no gather or scatter), many become one index tensor."""
+    if not runs:
+        return None
+    merged = [runs[0]]
+    for lo, hi in runs[1:]:  # runs come in increasing order; join touching ones
+        if merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    if len(merged) <= max_runs:
+        return tuple(merged)
+    return torch.cat([torch.arange(lo, hi, device=device) for lo, hi in merged])
+
+
+def run_step(engine: EngineState, events: list[TokenEvent]) -> None:
     """Build and run one fused forward, then apply its outcome (see the module docstring)."""
     eng = engine
     b = StepBuilder(eng)
@@ -214,10 +249,14 @@ def run_step(engine: Engine, events: list[TokenEvent]) -> None:
     may_continue = eng.kind != "never" and any(d < c for d, c in zip(b.depth, b.cap))
     x = b.xs[0] if len(b.xs) == 1 else torch.cat(b.xs)
     positions = b.positions[0] if len(b.positions) == 1 else torch.cat(b.positions)
-    lora = torch.cat(b.lora) if b.lora else None
-    hidden, captured = eng.decoder.forward_hidden(
-        x, positions, b.seg.attend, lora_rows=lora, capture=eng.capture if may_continue else ()
-    )
+    lora = lora_tokens(b.lora, dev)
+    capture = eng.capture if may_continue else ()
+    if b.padded is not None:
+        hidden, captured = eng.graphs.run(*b.padded[1:], b.padded[0], capture)
+    else:
+        hidden, captured = eng.decoder.forward_hidden(
+            x, positions, b.seg.attend, lora_rows=lora, capture=capture
+        )
     if not b.flat:
         return
     heads = torch.tensor(b.flat, dtype=torch.long, device=dev)
