@@ -74,11 +74,11 @@ class TwoHopConfig:
     kv_heads: int = 2
     shallow_layers: int = 2
     deep_layers: int = 4
-    base_steps: int = 3000  # S
-    finetune_steps: int = 1500  # F
+    base_steps: int = 6000  # S
+    finetune_steps: int = 2000  # F
     decider_steps: int = 500  # D (stage 2)
     batch: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     finetune_lr: float = 1e-3
     lora_r: int = 8
     decider_hidden: int = 32
@@ -87,6 +87,8 @@ class TwoHopConfig:
     tau_sweep: list[float] = field(default_factory=lambda: list(READOUT["tau_sweep"]))
     test_problems: int = 1000
     val_problems: int = 500
+    curve_problems: int = 100  # validation problems of the gate runs' learning curves
+    curve_every: int = 500
     enforce_gate: bool = True
     workers: int = 2
     threads: int = 1
@@ -153,6 +155,8 @@ def preset(name: str) -> TwoHopConfig:
             tau_sweep=[0.3, 0.7],
             test_problems=40,
             val_problems=20,
+            curve_problems=10,
+            curve_every=6,
             enforce_gate=False,
             workers=1,
         )
@@ -178,7 +182,8 @@ def _progress_reader(path: Path):
 def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
     from tah.repro.jobs import Job
 
-    cost = {"deep": 2.0, "shallow_2x": 2.0, "tahplus": 3.0, "alwaysthink": 2.5, "wide": 1.3}
+    # Ready jobs start largest cost first: the base (``shallow``) first, since every arm needs it.
+    cost = {"shallow": 9.0, "deep": 2.0, "shallow_2x": 2.0, "tahplus": 3.0, "alwaysthink": 2.5}
     jobs = []
     for seed in config.seeds:
         for name in names:
@@ -253,10 +258,13 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
 
     _run(_jobs(config, out, GATE_JOBS), config, show_progress, finished)
     gate = check_gate(_load_results(out, config, GATE_JOBS))
-    state["gate"] = previous.get("gate") or gate
-    state["gate"]["recorded_at"] = state["gate"].get("recorded_at") or _now()
+    gate["recorded_at"] = _now()
+    gate["enforced"] = config.enforce_gate
+    # Every verdict stays on record (a run may add seeds later: --seeds 0, then --seeds 0,1,2).
+    history = previous.get("gate_history", [])
+    history.append({"seeds": config.seeds, "passed": gate["passed"], "at": gate["recorded_at"]})
+    state["gate"], state["gate_history"] = gate, history
     proceed = gate["passed"] or not config.enforce_gate
-    state["gate"]["enforced"] = config.enforce_gate
     if proceed:
         state["readout"] = previous.get("readout") or {**READOUT, "registered_at": _now()}
         state["readout"]["threshold_tau"] = config.threshold
@@ -315,8 +323,10 @@ def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> Non
 
 
 def _study_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that change results (not how many workers run them, nor the gate policy)."""
-    return {k: v for k, v in config.items() if k not in ("workers", "threads", "enforce_gate")}
+    """The settings that change results (not the workers, the gate policy or the seeds: a run
+    may add seeds later)."""
+    ignored = ("workers", "threads", "enforce_gate", "seeds")
+    return {k: v for k, v in config.items() if k not in ignored}
 
 
 def _now() -> str:

@@ -6,6 +6,7 @@ trains, the model, and last ``result.json`` (its presence means "done": a rerun 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -132,12 +133,23 @@ def _gate_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     settings = TrainSettings(
         steps=steps, batch=cfg.batch, lr=cfg.lr, data_seed=_stream(seed, GATE_STREAM)
     )
+    curve: list[dict[str, Any]] = []
+    val = eval_batches(task, cfg.curve_problems, VAL_SEED)
+
+    def probe(step: int) -> None:  # the learning curve, on validation problems
+        acc = predict(standard_forward(model), task, val).summary()["accuracy"]
+        model.train()
+        curve.append({"step": step, "one_hop": acc["one_hop"], "two_hop": acc["gf"]})
+        print(f"step {step}: one-hop {acc['one_hop']:.3f}  two-hop {acc['gf']:.3f}", flush=True)
+
     log = train_loop(
         list(model.parameters()),
         standard_loss(model),
         task,
         settings,
         _Reporter(where / "progress.json", steps),
+        probe=probe,
+        probe_every=cfg.curve_every,
     )
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
     if name == "shallow":  # the base: starting model and labeller of the fine-tuning arms
@@ -149,6 +161,7 @@ def _gate_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         "steps": steps,
         "parameters": count_parameters(model),
         "train_loss": log.losses,
+        "validation_curve": curve,
         "test": _outcome(test),
     }
 
@@ -172,6 +185,10 @@ def _finetune_job(
     total = cfg.finetune_steps + (cfg.decider_steps if name == "tahplus" else 0)
     report = _Reporter(where / "progress.json", total)
     result: dict[str, Any] = {"kind": "finetune", "steps": cfg.finetune_steps}
+    state = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    result["gate_when_trained"] = {  # the verdict on record when this arm started
+        k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
+    } | {"seeds": sorted(state["gate"]["per_seed"])}
 
     if name in ("standard", "wide"):
         model = base

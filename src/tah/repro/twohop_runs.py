@@ -172,8 +172,13 @@ def train_loop(
     task: TwoHopTask,
     settings: TrainSettings,
     progress: Progress | None = None,
+    probe: Callable[[int], None] | None = None,
+    probe_every: int = 500,
 ) -> TrainLog:
-    """AdamW + cosine with warmup over fresh problems; ``loss_fn`` returns a mean loss."""
+    """AdamW + cosine with warmup over fresh problems; ``loss_fn`` returns a mean loss.
+
+    ``probe(step)`` runs every ``probe_every`` steps (a learning curve on validation problems).
+    """
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = _cosine(optimizer, settings)
     generator = torch.Generator().manual_seed(settings.data_seed)
@@ -193,6 +198,8 @@ def train_loop(
             window = 0.0
         if progress is not None:
             progress(1)
+        if probe is not None and (step % probe_every == 0 or step == settings.steps):
+            probe(step)
     return log
 
 
