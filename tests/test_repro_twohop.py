@@ -122,13 +122,13 @@ def test_gate_rules():
     ok = {
         "shallow": run(0.15),
         "deep": run(0.9),
-        "shallow_2x": run(0.17),
-        "wide_scratch": run(0.16),
+        "standard": run(0.17),
+        "wide": run(0.16),
     }
     assert check_gate({0: ok, 1: ok})["passed"]
-    shallow_not_done = {**ok, "shallow_2x": run(0.3)}
+    shallow_not_done = {**ok, "standard": run(0.3)}
     assert not check_gate({0: ok, 1: shallow_not_done})["passed"]
-    wide_helps = {**ok, "wide_scratch": run(0.4)}
+    wide_helps = {**ok, "wide": run(0.4)}
     assert not check_gate({0: wide_helps})["passed"]
 
 
@@ -142,8 +142,8 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert set(saved["gate"]["per_seed"]["0"]["two_hop"]) == {
         "shallow",
         "deep",
-        "shallow_2x",
-        "wide_scratch",
+        "standard",
+        "wide",
     }
     row = saved["per_seed"]["0"]
     for arm in ("standard", "wide", "alwaysthink", "tahplus", "oracle", "depth1"):
@@ -162,6 +162,6 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 0
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
-    assert len(stamp) == 8
+    assert len(stamp) == 6
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}

@@ -15,7 +15,7 @@ import torch
 
 from tah.data.twohop import TWO_HOP, build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop import GATE_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop import SCRATCH_JOBS, TAH_JOBS, TwoHopConfig, job_dir
 from tah.repro.twohop_runs import (
     Predictions,
     Shape,
@@ -115,19 +115,20 @@ def run_job(config: dict[str, Any], out: str, seed: int, name: str) -> dict[str,
     where = job_dir(Path(out), seed, name)
     where.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = (_gate_job if name in GATE_JOBS else _finetune_job)(cfg, Path(out), seed, name, where)
+    result = (_scratch_job if name in SCRATCH_JOBS else _finetune_job)(
+        cfg, Path(out), seed, name, where
+    )
     result["wall_s"] = time.perf_counter() - started
     result["shortcut_two_hop_accuracy"] = shortcut_accuracy(cfg.task_spec)
     write_json(where / "result.json", result)
     return {"name": name, "seed": seed}
 
 
-# ------------------------------------------------------------------ gate jobs (Standard only)
-def _gate_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
+# ------------------------------------------------------------------ from scratch (Standard only)
+def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
     task = cfg.task_spec
     layers = cfg.deep_layers if name == "deep" else cfg.shallow_layers
-    width = wide_intermediate(cfg) if name == "wide_scratch" else cfg.intermediate
-    steps = cfg.base_steps * (2 if name == "shallow_2x" else 1)
+    width, steps = cfg.intermediate, cfg.base_steps
     model = new_standard(task, _shape(cfg, layers, width), seed)
     model.train()
     settings = TrainSettings(
@@ -155,7 +156,7 @@ def _gate_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     if name == "shallow":  # the base: starting model and labeller of the fine-tuning arms
         _save_standard(model, build_tokenizer(task), where / "model")
     return {
-        "kind": "gate",
+        "kind": "scratch",
         "layers": layers,
         "intermediate": width,
         "steps": steps,
@@ -185,10 +186,11 @@ def _finetune_job(
     total = cfg.finetune_steps + (cfg.decider_steps if name == "tahplus" else 0)
     report = _Reporter(where / "progress.json", total)
     result: dict[str, Any] = {"kind": "finetune", "steps": cfg.finetune_steps}
-    state = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    result["gate_when_trained"] = {  # the verdict on record when this arm started
-        k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
-    } | {"seeds": sorted(state["gate"]["per_seed"])}
+    if name in TAH_JOBS:
+        state = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        result["gate_when_trained"] = {  # the verdict on record when this arm started
+            k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
+        } | {"seeds": sorted(state["gate"]["per_seed"])}
 
     if name in ("standard", "wide"):
         model = base

@@ -49,16 +49,22 @@ def _two_hop(outcome: dict[str, Any]) -> list[bool]:
     return [c == "1" for k, c in zip(kinds, correct, strict=True) if int(k) == TWO_HOP]
 
 
-def collect(state: dict[str, Any], gate: dict[int, dict], finetune: dict[int, dict]) -> dict:
+def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
     """The results document: config, gate, readout, per-seed and aggregated numbers, tests."""
     results = dict(state)
     results["gate_runs"] = {
         str(seed): {
             name: {k: v for k, v in run.items() if k != "test"} | {"test": _strip(run["test"])}
             for name, run in runs.items()
+            if name in ("shallow", "deep")
         }
-        for seed, runs in gate.items()
+        for seed, runs in runs_by_seed.items()
     }
+    finetune = {
+        seed: {name: run for name, run in runs.items() if name in ARMS}
+        for seed, runs in runs_by_seed.items()
+    }
+    finetune = {seed: runs for seed, runs in finetune.items() if runs}
     per_seed: dict[str, dict] = {}
     for seed, runs in finetune.items():
         row: dict[str, Any] = {}
@@ -126,20 +132,21 @@ def markdown(results: dict[str, Any]) -> str:
         "## Gate (Standard models only, recorded before any TaH model was trained)",
         "",
         f"Rules: deep − shallow ≥ {gate['rules']['deep_minus_shallow_min']} points; "
-        f"|shallow 2× steps − shallow| ≤ {gate['rules']['shallow_2x_change_max']}; "
-        f"wide − shallow ≤ {gate['rules']['wide_minus_shallow_max']} (two-hop accuracy, every "
-        f"seed). Steps S = {cfg['base_steps']}, lr {cfg['lr']}, batch {cfg['batch']}.",
+        f"|Standard (shallow + F steps) − shallow| ≤ {gate['rules']['more_steps_change_max']}; "
+        f"wide (+ F) − Standard (+ F) ≤ {gate['rules']['wide_minus_standard_max']} (two-hop "
+        f"accuracy, every seed). From scratch: S = {cfg['base_steps']} steps, lr {cfg['lr']}, "
+        f"batch {cfg['batch']}; then F = {cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}.",
         "",
-        "| seed | shallow 2L | deep 4L | shallow 2L, 2S steps | wide 2L | one-hop (2L / 4L) "
-        "| checks |",
+        "| seed | shallow 2L (S) | deep 4L (S) | Standard 2L (S + F) | wide 2L (S + F) "
+        "| one-hop (2L / 4L) | checks |",
         "|---|---|---|---|---|---|---|",
     ]
     for seed, row in sorted(gate["per_seed"].items()):
         a, o = row["two_hop"], row["one_hop"]
         ok = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in row["checks"].items())
         lines.append(
-            f"| {seed} | {a['shallow']:.1f} | {a['deep']:.1f} | {a['shallow_2x']:.1f} | "
-            f"{a['wide_scratch']:.1f} | {o['shallow']:.1f} / {o['deep']:.1f} | {ok} |"
+            f"| {seed} | {a['shallow']:.1f} | {a['deep']:.1f} | {a['standard']:.1f} | "
+            f"{a['wide']:.1f} | {o['shallow']:.1f} / {o['deep']:.1f} | {ok} |"
         )
     lines += [
         "",
@@ -253,17 +260,41 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_gate, ax_share) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
+    styles = {"shallow": "C0", "deep": "C2"}
+    for seed, runs in sorted(results.get("gate_runs", {}).items()):
+        for name, run in runs.items():
+            curve = run.get("validation_curve") or []
+            if curve:
+                steps = [c["step"] for c in curve]
+                first = seed == min(results["gate_runs"])
+                ax_curve.plot(
+                    steps,
+                    [100 * c["two_hop"] for c in curve],
+                    color=styles[name],
+                    label=f"{name} two-hop" if first else None,
+                )
+                ax_curve.plot(
+                    steps,
+                    [100 * c["one_hop"] for c in curve],
+                    color=styles[name],
+                    ls="--",
+                    label=f"{name} one-hop" if first else None,
+                )
+    ax_curve.set_xlabel("training step")
+    ax_curve.set_ylabel("validation accuracy (%)")
+    ax_curve.set_title("Gate runs: learning curves")
+    ax_curve.legend(fontsize=7)
     gate = results["gate"]["per_seed"]
-    names = ("shallow", "deep", "shallow_2x", "wide_scratch")
+    names = ("shallow", "deep", "standard", "wide")
     for i, name in enumerate(names):
         values = [row["two_hop"][name] for row in gate.values()]
         ax_gate.bar(i, sum(values) / len(values), color="C0" if name != "deep" else "C2")
         ax_gate.scatter([i] * len(values), values, color="k", s=10, zorder=3)
     ax_gate.axhline(100 / results["task"]["pairs"], color="grey", ls=":", label="query-blind")
-    ax_gate.set_xticks(range(len(names)), ["2L", "4L", "2L, 2× steps", "2L wide"])
+    ax_gate.set_xticks(range(len(names)), ["2L (S)", "4L (S)", "2L (S + F)", "2L wide (S + F)"])
     ax_gate.set_ylabel("two-hop accuracy (%)")
-    ax_gate.set_title("Gate: Standard models from scratch")
+    ax_gate.set_title("Gate: Standard models only")
     ax_gate.legend(loc="upper left", fontsize=8)
 
     for seed, row in sorted(results.get("per_seed", {}).items()):
