@@ -116,8 +116,8 @@ def test_auc_against_pairwise_count():
 def test_gate_rules():
     from tah.repro.twohop import check_gate
 
-    def run(gf: float) -> dict:
-        return {"test": {"accuracy": {"gf": gf, "one_hop": 1.0}}}
+    def run(gf: float, one_hop: float = 1.0) -> dict:
+        return {"test": {"accuracy": {"gf": gf, "one_hop": one_hop}}}
 
     ok = {
         "shallow": run(0.15),
@@ -130,6 +130,11 @@ def test_gate_rules():
     assert not check_gate({0: ok, 1: shallow_not_done})["passed"]
     wide_helps = {**ok, "wide": run(0.4)}
     assert not check_gate({0: wide_helps})["passed"]
+    base_at_chance = {"shallow": run(0.12, one_hop=0.12), "deep": run(0.9)}  # arms not run
+    verdict = check_gate({0: base_at_chance})
+    assert not verdict["passed"]
+    assert verdict["per_seed"][0]["checks"]["base_does_one_hop"] is False
+    assert verdict["per_seed"][0]["checks"]["wide_no_better"] is None
 
 
 def test_quick_study_end_to_end_and_resume(tmp_path):

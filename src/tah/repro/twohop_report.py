@@ -115,6 +115,10 @@ def _pm(stat: dict[str, Any] | None) -> str:
     return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
 
 
+def _num(x: float | None) -> str:
+    return "not run" if x is None else f"{x:.1f}"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -131,7 +135,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Gate (Standard models only, recorded before any TaH model was trained)",
         "",
-        f"Rules: deep − shallow ≥ {gate['rules']['deep_minus_shallow_min']} points; "
+        f"Rules: the base answers ≥ {gate['rules']['base_one_hop_min']} % of one-hop queries "
+        "(precondition, added after the first full run); "
+        f"deep − shallow ≥ {gate['rules']['deep_minus_shallow_min']} points; "
         f"|Standard (shallow + F steps) − shallow| ≤ {gate['rules']['more_steps_change_max']}; "
         f"wide (+ F) − Standard (+ F) ≤ {gate['rules']['wide_minus_standard_max']} (two-hop "
         f"accuracy, every seed). From scratch: S = {cfg['base_steps']} steps, lr {cfg['lr']}, "
@@ -143,10 +149,11 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for seed, row in sorted(gate["per_seed"].items()):
         a, o = row["two_hop"], row["one_hop"]
-        ok = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in row["checks"].items())
+        mark = {True: "✓", False: "✗", None: "not run"}
+        ok = ", ".join(f"{k} {mark[v]}" for k, v in row["checks"].items())
         lines.append(
-            f"| {seed} | {a['shallow']:.1f} | {a['deep']:.1f} | {a['standard']:.1f} | "
-            f"{a['wide']:.1f} | {o['shallow']:.1f} / {o['deep']:.1f} | {ok} |"
+            f"| {seed} | {_num(a['shallow'])} | {_num(a['deep'])} | {_num(a['standard'])} | "
+            f"{_num(a['wide'])} | {_num(o['shallow'])} / {_num(o['deep'])} | {ok} |"
         )
     lines += [
         "",
@@ -288,7 +295,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     gate = results["gate"]["per_seed"]
     names = ("shallow", "deep", "standard", "wide")
     for i, name in enumerate(names):
-        values = [row["two_hop"][name] for row in gate.values()]
+        values = [row["two_hop"][name] for row in gate.values() if row["two_hop"][name] is not None]
+        if not values:
+            continue
         ax_gate.bar(i, sum(values) / len(values), color="C0" if name != "deep" else "C2")
         ax_gate.scatter([i] * len(values), values, color="k", s=10, zorder=3)
     ax_gate.axhline(100 / results["task"]["pairs"], color="grey", ls=":", label="query-blind")

@@ -40,6 +40,10 @@ class Shape:
     intermediate: int = 192
     heads: int = 4
     kv_heads: int = 2
+    # Qwen3 normalises queries and keys per head (q_norm/k_norm), which caps attention logits at
+    # sqrt(head_dim) until the norm weights grow; "llama" has no such cap.
+    family: str = "qwen3"
+    init_std: float = 0.02  # transformers' default initializer_range
 
 
 @dataclass
@@ -54,10 +58,12 @@ class TrainSettings:
 
 # ------------------------------------------------------------------ models
 def new_standard(task: TwoHopTask, shape: Shape, seed: int) -> nn.Module:
-    """A freshly initialised Qwen3 causal LM of ``shape`` over the task's vocabulary."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """A freshly initialised decoder-only causal LM of ``shape`` over the task's vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = Qwen3Config(
+    extra = {"use_sliding_window": False} if shape.family == "qwen3" else {}
+    config = AutoConfig.for_model(
+        shape.family,
         vocab_size=task.vocab_size,
         hidden_size=shape.hidden,
         intermediate_size=shape.intermediate,
@@ -67,13 +73,14 @@ def new_standard(task: TwoHopTask, shape: Shape, seed: int) -> nn.Module:
         head_dim=shape.hidden // shape.heads,
         max_position_embeddings=max(64, task.length),
         tie_word_embeddings=False,
-        use_sliding_window=False,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=0,
+        initializer_range=shape.init_std,
+        **extra,
     )
     torch.manual_seed(seed)
-    return Qwen3ForCausalLM(config).float()
+    return AutoModelForCausalLM.from_config(config).float()
 
 
 def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
@@ -84,13 +91,13 @@ def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
     """
     import copy
 
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(model.config)
     old = config.intermediate_size
     config.intermediate_size = intermediate
     torch.manual_seed(seed)
-    wide = Qwen3ForCausalLM(config).float()
+    wide = AutoModelForCausalLM.from_config(config).float()
     state = model.state_dict()
     with torch.no_grad():
         for name, param in wide.named_parameters():
@@ -102,7 +109,7 @@ def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
             elif name.endswith("down_proj.weight"):
                 param.zero_()
                 param[:, :old].copy_(src)
-            else:  # pragma: no cover - a Qwen3 has no other widened tensor
+            else:  # pragma: no cover - Llama/Qwen3 have no other widened tensor
                 raise AssertionError(f"unexpected shape change in {name}")
     return wide
 
