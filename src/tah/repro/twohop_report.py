@@ -157,6 +157,22 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "Runs from scratch, by query kind (f and g: one lookup; gf: two), with the job's wall "
+        "time:",
+        "",
+        "| seed | model | params | steps | f | g | gf | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, runs in sorted(results.get("gate_runs", {}).items()):
+        for name, run in runs.items():
+            acc = run["test"]["accuracy"]
+            lines.append(
+                f"| {seed} | {name} ({run['layers']}L) | {run['parameters']:,} | {run['steps']} | "
+                f"{_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
+                f"{run.get('wall_s', float('nan')):.0f} |"
+            )
+    lines += [
+        "",
         f"**Gate {'passed' if gate['passed'] else 'FAILED'}** "
         f"(recorded {gate.get('recorded_at', '?')}).",
         "",
@@ -244,7 +260,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {seed} | {tau} | {_pct(s['accuracy']['gf'])} | "
                     f"{_pct(s['accuracy']['one_hop'])} | {_pct(s['share_tokens_iterating'])} |"
                 )
-    if not results.get("complete"):
+    if not results.get("complete") and not results.get("stopped"):
         lines += [
             "",
             "**Incomplete run**: not every seed and arm has finished; rerun the same "
@@ -340,6 +356,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_share.set_title("Accuracy vs share of tokens iterating")
     if results.get("per_seed"):
         ax_share.legend(fontsize=7)
+    else:
+        ax_share.text(
+            0.5,
+            0.5,
+            "no TaH model trained\n(the gate failed)",
+            ha="center",
+            va="center",
+            transform=ax_share.transAxes,
+        )
+    ax_gate.set_ylim(0, 100)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "wb") as handle:
