@@ -83,6 +83,8 @@ class TwoHopConfig:
     intermediate: int = 192
     heads: int = 4
     kv_heads: int = 2
+    family: str = "qwen3"  # or "llama" (no per-head query/key norm)
+    init_std: float = 0.02
     shallow_layers: int = 2
     deep_layers: int = 4
     base_steps: int = 6000  # S
@@ -277,9 +279,10 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     started = time.perf_counter()
     state_path = out / "results.json"
     previous = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if previous.get("config") and _study_settings(previous["config"]) != _study_settings(
-        config.to_dict()
-    ):
+    # (settings added since that run was made take their defaults)
+    if previous.get("config") and _study_settings(
+        TwoHopConfig.from_dict(previous["config"]).to_dict()
+    ) != _study_settings(config.to_dict()):
         raise ConfigError(
             f"{out} holds a run with other settings; use another --output or the same settings "
             "(see results.json 'config')"

@@ -75,6 +75,8 @@ def _shape(config: TwoHopConfig, layers: int, intermediate: int | None = None) -
         intermediate=intermediate or config.intermediate,
         heads=config.heads,
         kv_heads=config.kv_heads,
+        family=config.family,
+        init_std=config.init_std,
     )
 
 
