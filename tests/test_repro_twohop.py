@@ -173,3 +173,52 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     # ...and refuses to mix runs made with other settings into the same folder.
     with pytest.raises(ConfigError, match="other settings"):
         run_study(config.with_overrides(["base_steps=13"]), tmp_path, show_progress=False)
+
+
+def test_hard_labels_mark_exactly_the_labellers_wrong_answers():
+    from tah.repro.twohop_runs import Shape, hard_labels, new_standard
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    model = new_standard(task, Shape(layers=1, hidden=32, intermediate=64), 0).eval()
+    batch = sample_batch(task, 5, torch.Generator().manual_seed(2))
+    iters = hard_labels(model, batch)
+    where = task.answer_positions() - 1
+    with torch.no_grad():
+        guess = model(input_ids=batch.input_ids).logits[:, where].argmax(-1)
+    assert torch.equal(iters[:, where] == 2, guess != batch.answers)
+    others = torch.ones(task.length, dtype=torch.bool)
+    others[where] = False
+    assert (iters[:, others] == 1).all()
+
+
+def test_routing_modes_of_a_tah_model():
+    from tah.repro.twohop_runs import (
+        Shape,
+        eval_batches,
+        new_standard,
+        new_tah,
+        predict,
+        tah_config,
+        tah_forward,
+    )
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
+    batches = eval_batches(task, 6, seed=5)
+    learned = new_tah(base, tah_config("mlp", 4, 16))
+    everything = predict(tah_forward(learned, threshold=0.0), task, batches)
+    nothing = predict(tah_forward(learned, threshold=1.0), task, batches)
+    depth1 = predict(tah_forward(learned, max_depth=1), task, batches)
+    assert everything.tokens_iterated == 1.0 and nothing.tokens_iterated == 0.0
+    assert depth1.tokens_iterated == 0.0
+    # with LoRA still zero, depth 1 alone is the base model itself
+    with torch.no_grad():
+        plain = base(input_ids=batches[0].input_ids).logits
+    assert torch.equal(
+        depth1.predicted[: plain.shape[0] * task.queries],
+        plain[:, task.answer_positions() - 1].argmax(-1).flatten(),
+    )
+    oracle = new_tah(base, tah_config("label", 4, 16))
+    routed = predict(tah_forward(oracle, labeller=base), task, batches)
+    # oracle routing iterates exactly the answers the labeller (here: the base) gets wrong
+    assert torch.equal(routed.answers_iterated, ~depth1.correct)
