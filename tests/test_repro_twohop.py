@@ -22,15 +22,20 @@ from tah.errors import ConfigError
 
 
 def _tables(task: TwoHopTask, ids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    step = task.pair_len
     start_f = 2
-    start_g = start_f + 2 * task.pairs + 1
-    f = {ids[start_f + 2 * i]: ids[start_f + 2 * i + 1] for i in range(task.pairs)}
-    g = {ids[start_g + 2 * i]: ids[start_g + 2 * i + 1] for i in range(task.pairs)}
+    start_g = start_f + step * task.pairs + 1
+    f = {ids[start_f + step * i]: ids[start_f + step * i + 1] for i in range(task.pairs)}
+    g = {ids[start_g + step * i]: ids[start_g + step * i + 1] for i in range(task.pairs)}
+    if task.separators:
+        ends = [ids[s + step * i + 2] for s in (start_f, start_g) for i in range(task.pairs)]
+        assert set(ends) == {task.separator}
     return f, g
 
 
-def test_answers_follow_the_tables_and_sets_are_disjoint():
-    task = TwoHopTask()
+@pytest.mark.parametrize("separators", [False, True])
+def test_answers_follow_the_tables_and_sets_are_disjoint(separators):
+    task = TwoHopTask(separators=separators)
     batch = sample_batch(task, 64, torch.Generator().manual_seed(3))
     assert batch.input_ids.shape == (64, task.length)
     n, first = task.entities, len(SPECIALS)
@@ -43,7 +48,8 @@ def test_answers_follow_the_tables_and_sets_are_disjoint():
         assert all(z >= first + 2 * n for z in g.values())  # values of G: Z
         seen: dict[int, set[int]] = {}
         for q in range(task.queries):
-            op, arg, ans = ids[task.first_query + 3 * q : task.first_query + 3 * q + 3]
+            at = task.first_query + task.query_len * q
+            op, arg, ans = ids[at : at + 3]
             kind = int(batch.kinds[row, q])
             if kind == 0:
                 expected = f[arg]
@@ -63,8 +69,9 @@ def test_answers_follow_the_tables_and_sets_are_disjoint():
     assert 0.2 < share < 0.47
 
 
-def test_stream_is_deterministic_and_tokenizer_matches_ids():
-    task = TwoHopTask(entities=10, pairs=4, queries=3)
+@pytest.mark.parametrize("separators", [False, True])
+def test_stream_is_deterministic_and_tokenizer_matches_ids(separators):
+    task = TwoHopTask(entities=10, pairs=4, queries=3, separators=separators)
     a = sample_batch(task, 4, torch.Generator().manual_seed(1))
     b = sample_batch(task, 4, torch.Generator().manual_seed(1))
     assert torch.equal(a.input_ids, b.input_ids)

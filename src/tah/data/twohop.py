@@ -53,6 +53,9 @@ class TwoHopTask:
     pairs: int = 8  # K, per table
     queries: int = 6  # Q
     p_two_hop: float = 1 / 3  # the rest is split evenly between f and g
+    # A ";" after every table pair and every query (the last id of the vocabulary, so the other
+    # ids do not move): marks the pair boundaries a lookup needs.
+    separators: bool = False
 
     def __post_init__(self) -> None:
         if self.pairs < 2 or self.entities < self.pairs:
@@ -67,19 +70,31 @@ class TwoHopTask:
 
     @property
     def vocab_size(self) -> int:
-        return len(SPECIALS) + 3 * self.entities
+        return len(SPECIALS) + 3 * self.entities + int(self.separators)
+
+    @property
+    def separator(self) -> int:
+        return len(SPECIALS) + 3 * self.entities  # only in the vocabulary with separators
+
+    @property
+    def pair_len(self) -> int:
+        return 2 + int(self.separators)
+
+    @property
+    def query_len(self) -> int:
+        return 3 + int(self.separators)
 
     @property
     def length(self) -> int:
-        return 1 + 2 * (1 + 2 * self.pairs) + 3 * self.queries
+        return 1 + 2 * (1 + self.pair_len * self.pairs) + self.query_len * self.queries
 
     @property
     def first_query(self) -> int:
-        return 1 + 2 * (1 + 2 * self.pairs)
+        return 1 + 2 * (1 + self.pair_len * self.pairs)
 
     def answer_positions(self) -> torch.Tensor:
         """(Q,) positions of the answer tokens (the model predicts them one position earlier)."""
-        return self.first_query + 3 * torch.arange(self.queries) + 2
+        return self.first_query + self.query_len * torch.arange(self.queries) + 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,8 +129,9 @@ def sample_batch(task: TwoHopTask, size: int, generator: torch.Generator) -> Two
     zs = _entity(task, 2, choose(n)[:, :k])
     order_f, order_g = choose(k), choose(k)
     rows = torch.arange(size)[:, None]
-    table_f = torch.stack([xs[rows, order_f], ys[rows, order_f]], dim=2).flatten(1)
-    table_g = torch.stack([ys[rows, order_g], zs[rows, order_g]], dim=2).flatten(1)
+    sep = [torch.full((size, k), task.separator)] if task.separators else []
+    table_f = torch.stack([xs[rows, order_f], ys[rows, order_f], *sep], dim=2).flatten(1)
+    table_g = torch.stack([ys[rows, order_g], zs[rows, order_g], *sep], dim=2).flatten(1)
 
     u = torch.rand(size, q, generator=generator)
     p_one = (1.0 - task.p_two_hop) / 2
@@ -131,7 +147,8 @@ def sample_batch(task: TwoHopTask, size: int, generator: torch.Generator) -> Two
     answers = torch.where(kinds == KINDS.index("f"), ys[rows, pair], zs[rows, pair])
     intermediates = torch.where(kinds == TWO_HOP, ys[rows, pair], torch.full_like(pair, -1))
     ops = torch.tensor([OP_F, OP_G, OP_GF])[kinds]
-    query_tokens = torch.stack([ops, args, answers], dim=2).flatten(1)
+    sep = [torch.full((size, q), task.separator)] if task.separators else []
+    query_tokens = torch.stack([ops, args, answers, *sep], dim=2).flatten(1)
 
     ids = torch.cat(
         [
@@ -163,7 +180,7 @@ def vocabulary(task: TwoHopTask) -> list[str]:
     words = list(SPECIALS)
     for prefix in ("x", "y", "z"):
         words += [f"{prefix}{i}" for i in range(task.entities)]
-    return words
+    return words + [";"] * task.separators
 
 
 def build_tokenizer(task: TwoHopTask) -> PreTrainedTokenizerFast:
