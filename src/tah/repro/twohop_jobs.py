@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tah.data.twohop import TWO_HOP, build_tokenizer, shortcut_accuracy
+from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
 from tah.repro.twohop import SCRATCH_JOBS, TAH_JOBS, TwoHopConfig, job_dir
 from tah.repro.twohop_runs import (
@@ -302,4 +302,4 @@ def decider_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict[s
     return out
 
 
-__all__ = ["TWO_HOP", "auc", "decider_metrics", "run_job", "wide_intermediate"]
+__all__ = ["auc", "decider_metrics", "run_job", "wide_intermediate"]
