@@ -307,13 +307,13 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     history.append({"seeds": config.seeds, "passed": gate["passed"], "at": gate["recorded_at"]})
     state["gate"], state["gate_history"] = gate, history
     proceed = gate["passed"] or not config.enforce_gate
+    # The readout is registered once, the first time the study reaches this point, and kept.
+    state["readout"] = previous.get("readout") or {**READOUT, "registered_at": _now()}
+    state["readout"]["threshold_tau"] = config.threshold
+    write_json(state_path, state)  # gate and readout on disk before any TaH job starts
     if proceed:
-        state["readout"] = previous.get("readout") or {**READOUT, "registered_at": _now()}
-        state["readout"]["threshold_tau"] = config.threshold
-        write_json(state_path, state)  # gate and readout on disk before any TaH job starts
         _run(_jobs(config, out, TAH_JOBS), config, show_progress, finished)
     else:
-        state["readout"] = None
         state["stopped"] = (
             "the gate failed: no TaH model was trained. Change the task (Standard runs only) "
             "or rerun with --set enforce_gate=false to train the TaH arms anyway (labelled)."
@@ -367,7 +367,9 @@ def _study_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that change results (not the workers, the gate policy or the seeds: a run
     may add seeds later)."""
     ignored = ("workers", "threads", "enforce_gate", "seeds")
-    return {k: v for k, v in config.items() if k not in ignored}
+    settings = {k: v for k, v in config.items() if k not in ignored}
+    settings["task"] = TwoHopTask(**config["task"]).to_dict()  # task fields added since: defaults
+    return settings
 
 
 def _now() -> str:

@@ -177,7 +177,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"(recorded {gate.get('recorded_at', '?')}).",
         "",
     ]
-    if not gate["passed"] and results.get("readout"):
+    if not gate["passed"] and results.get("per_seed"):
         lines += [
             "The TaH arms below were trained although the gate failed (gate not enforced: "
             "`--quick` or `--set enforce_gate=false`); read them as a smoke test.",
