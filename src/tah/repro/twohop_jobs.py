@@ -96,7 +96,7 @@ def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
     task = config.task_spec
     base = new_standard(task, _shape(config, config.shallow_layers), 0)
-    cfg = tah_config("mlp", config.lora_r, config.decider_hidden)
+    cfg = tah_config("mlp", config.lora_r, config.decider_hidden, config.shallow_layers)
     return count_parameters(new_tah(base, cfg))
 
 
@@ -206,7 +206,7 @@ def _finetune_job(
         return result
 
     # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2).
-    model = new_tah(base, tah_config("label", cfg.lora_r, cfg.decider_hidden))
+    model = new_tah(base, tah_config("label", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers))
     model.set_trainable(backbone=True, lora=True, decider=False)
     model.train()
     routing = None if name == "alwaysthink" else labeller
@@ -232,7 +232,7 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
     from tah import TaHForCausalLM
 
     task = cfg.task_spec
-    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden)
+    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers)
     overrides = {
         k: getattr(mlp, k)
         for k in ("decider_topk", "decider_hidden_dims", "decider_expansion", "decider_dropout")

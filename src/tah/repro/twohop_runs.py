@@ -114,7 +114,8 @@ def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
     return wide
 
 
-def tah_config(decider: str, lora_r: int, decider_hidden: int) -> Any:
+def tah_config(decider: str, lora_r: int, decider_hidden: int, layers: int = 2) -> Any:
+    """TaH settings for a ``layers``-deep base; the decider reads the middle and last layer."""
     from tah import TaHConfig
 
     return TaHConfig(
@@ -129,7 +130,7 @@ def tah_config(decider: str, lora_r: int, decider_hidden: int) -> Any:
         decider_hidden_dims=[decider_hidden, decider_hidden],
         decider_expansion=2,
         decider_dropout=0.0,
-        decider_layers=[1, 2],
+        decider_layers=sorted({max(1, layers // 2), layers}),
     )
 
 
