@@ -3,6 +3,7 @@
     tah repro tiny                 # the reported table: 3 seeds, ~30 min on 2 cores
     tah repro tiny --quick         # CI smoke: one seed, tiny everything, a few minutes
     tah repro tiny --set finetune_steps=600 --set threshold=0.7 --output runs/repro-b
+    tah repro twohop               # the depth-bound study (see tah.repro.twohop)
 
 Rerunning a command resumes: finished steps are skipped.
 """
@@ -13,7 +14,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scale", choices=["tiny"], help="which reproduction (only 'tiny')")
+    parser.add_argument(
+        "scale",
+        choices=["tiny", "twohop"],
+        help="which study: 'tiny' (the paper's pipeline) or 'twohop' (the depth-bound task)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke-test preset: one seed, a few minutes"
     )
@@ -50,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+
+    if args.scale == "twohop":
+        from tah.cli.repro_twohop import run_twohop
+
+        return run_twohop(args)
 
     from rich.console import Console
 

@@ -1,0 +1,305 @@
+"""One job of ``tah repro twohop``: train one model (or TaH's two stages) and evaluate it.
+
+Run in a worker process by :func:`tah.repro.jobs.run_jobs`; writes ``progress.json`` while it
+trains, the model, and last ``result.json`` (its presence means "done": a rerun skips the job).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tah.data.twohop import build_tokenizer, shortcut_accuracy
+from tah.io import atomic_dir, write_json
+from tah.repro.twohop import SCRATCH_JOBS, TAH_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop_runs import (
+    Predictions,
+    Shape,
+    TrainSettings,
+    count_parameters,
+    decider_scores,
+    eval_batches,
+    new_standard,
+    new_tah,
+    predict,
+    stage1_loss,
+    stage2_loss,
+    standard_forward,
+    standard_loss,
+    tah_config,
+    tah_forward,
+    train_loop,
+    widen,
+)
+
+# Disjoint problem streams: training rows, validation and test problems never share a seed.
+TEST_SEED, VAL_SEED, GATE_STREAM, FINETUNE_STREAM, DECIDER_STREAM = 10**6, 2 * 10**6, 0, 1, 2
+
+
+def _stream(seed: int, which: int) -> int:
+    return 1000 * seed + which
+
+
+class _Reporter:
+    def __init__(self, path: Path, total: int) -> None:
+        self.path, self.total, self.done, self.last = path, total, 0, 0.0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last > 1.0 or self.done == self.total:
+            write_json(self.path, {"done": self.done, "total": self.total})
+            self.last = now
+
+
+def _bits(flags: torch.Tensor) -> str:
+    return "".join("1" if bool(x) else "0" for x in flags)
+
+
+def _outcome(pred: Predictions) -> dict[str, Any]:
+    return {**pred.summary(), "correct": _bits(pred.correct), "kinds": _bits_kinds(pred.kinds)}
+
+
+def _bits_kinds(kinds: torch.Tensor) -> str:
+    return "".join(str(int(k)) for k in kinds)
+
+
+def _shape(config: TwoHopConfig, layers: int, intermediate: int | None = None) -> Shape:
+    return Shape(
+        layers=layers,
+        hidden=config.hidden,
+        intermediate=intermediate or config.intermediate,
+        heads=config.heads,
+        kv_heads=config.kv_heads,
+        family=config.family,
+        init_std=config.init_std,
+    )
+
+
+def _load_standard(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+
+def _save_standard(model, tokenizer, path: Path) -> None:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+def tahplus_parameters(config: TwoHopConfig) -> int:
+    """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
+    task = config.task_spec
+    base = new_standard(task, _shape(config, config.shallow_layers), 0)
+    cfg = tah_config("mlp", config.lora_r, config.decider_hidden, config.shallow_layers)
+    return count_parameters(new_tah(base, cfg))
+
+
+def wide_intermediate(config: TwoHopConfig) -> int:
+    """The smallest MLP width (multiple of 16) giving a 2-layer Standard >= TaH+'s parameters."""
+    target = tahplus_parameters(config)
+    task = config.task_spec
+    width = config.intermediate
+    while count_parameters(new_standard(task, _shape(config, config.shallow_layers, width), 0)) < (
+        target
+    ):
+        width += 16
+    return width
+
+
+def run_job(config: dict[str, Any], out: str, seed: int, name: str) -> dict[str, Any]:
+    cfg = TwoHopConfig.from_dict(config)
+    where = job_dir(Path(out), seed, name)
+    where.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result = (_scratch_job if name in SCRATCH_JOBS else _finetune_job)(
+        cfg, Path(out), seed, name, where
+    )
+    result["wall_s"] = time.perf_counter() - started
+    result["shortcut_two_hop_accuracy"] = shortcut_accuracy(cfg.task_spec)
+    write_json(where / "result.json", result)
+    return {"name": name, "seed": seed}
+
+
+# ------------------------------------------------------------------ from scratch (Standard only)
+def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
+    task = cfg.task_spec
+    layers = cfg.deep_layers if name == "deep" else cfg.shallow_layers
+    width, steps = cfg.intermediate, cfg.base_steps
+    model = new_standard(task, _shape(cfg, layers, width), seed)
+    model.train()
+    settings = TrainSettings(
+        steps=steps, batch=cfg.batch, lr=cfg.lr, data_seed=_stream(seed, GATE_STREAM)
+    )
+    curve: list[dict[str, Any]] = []
+    val = eval_batches(task, cfg.curve_problems, VAL_SEED)
+
+    def probe(step: int) -> None:  # the learning curve, on validation problems
+        acc = predict(standard_forward(model), task, val).summary()["accuracy"]
+        model.train()
+        curve.append({"step": step, "one_hop": acc["one_hop"], "two_hop": acc["gf"]})
+        print(f"step {step}: one-hop {acc['one_hop']:.3f}  two-hop {acc['gf']:.3f}", flush=True)
+
+    log = train_loop(
+        list(model.parameters()),
+        standard_loss(model),
+        task,
+        settings,
+        _Reporter(where / "progress.json", steps),
+        probe=probe,
+        probe_every=cfg.curve_every,
+    )
+    test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
+    if name == "shallow":  # the base: starting model and labeller of the fine-tuning arms
+        _save_standard(model, build_tokenizer(task), where / "model")
+    return {
+        "kind": "scratch",
+        "layers": layers,
+        "intermediate": width,
+        "steps": steps,
+        "parameters": count_parameters(model),
+        "train_loss": log.losses,
+        "validation_curve": curve,
+        "test": _outcome(test),
+    }
+
+
+# ------------------------------------------------------------------ fine-tuning arms
+def _finetune_job(
+    cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
+) -> dict[str, Any]:
+    task = cfg.task_spec
+    base = _load_standard(job_dir(out, seed, "shallow") / "model")
+    labeller = _load_standard(job_dir(out, seed, "shallow") / "model").eval()
+    for p in labeller.parameters():
+        p.requires_grad_(False)
+    settings = TrainSettings(
+        steps=cfg.finetune_steps,
+        batch=cfg.batch,
+        lr=cfg.finetune_lr,
+        data_seed=_stream(seed, FINETUNE_STREAM),
+    )
+    test_batches = eval_batches(task, cfg.test_problems, TEST_SEED)
+    total = cfg.finetune_steps + (cfg.decider_steps if name == "tahplus" else 0)
+    report = _Reporter(where / "progress.json", total)
+    result: dict[str, Any] = {"kind": "finetune", "steps": cfg.finetune_steps}
+    if name in TAH_JOBS:
+        state = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        result["gate_when_trained"] = {  # the verdict on record when this arm started
+            k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
+        } | {"seeds": sorted(state["gate"]["per_seed"])}
+
+    if name in ("standard", "wide"):
+        model = base
+        if name == "wide":
+            model = widen(base, wide_intermediate(cfg), seed)
+        model.train()
+        log = train_loop(list(model.parameters()), standard_loss(model), task, settings, report)
+        result["test"] = _outcome(predict(standard_forward(model), task, test_batches))
+        result |= {"parameters": count_parameters(model), "train_loss": log.losses}
+        result["intermediate"] = model.config.intermediate_size
+        return result
+
+    # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2).
+    model = new_tah(base, tah_config("label", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers))
+    model.set_trainable(backbone=True, lora=True, decider=False)
+    model.train()
+    routing = None if name == "alwaysthink" else labeller
+    params = [p for p in model.parameters() if p.requires_grad]
+    log = train_loop(params, stage1_loss(model, routing), task, settings, report)
+    result["train_loss"] = log.losses
+    if name == "alwaysthink":
+        result["test"] = _outcome(predict(tah_forward(model, always=True), task, test_batches))
+        result["parameters"] = count_parameters(model)
+        return result
+
+    result["oracle"] = _outcome(predict(tah_forward(model, labeller=labeller), task, test_batches))
+    result["depth1"] = _outcome(predict(tah_forward(model, max_depth=1), task, test_batches))
+    stage1_dir = where / "stage1"
+    with atomic_dir(stage1_dir) as tmp:
+        model.save_pretrained(tmp)
+    result |= _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where)
+    return result
+
+
+def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dict[str, Any]:
+    """Decider only, on depth-1 features, backbone and LoRA frozen (as ``tah train`` stage 2)."""
+    from tah import TaHForCausalLM
+
+    task = cfg.task_spec
+    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers)
+    overrides = {
+        k: getattr(mlp, k)
+        for k in ("decider_topk", "decider_hidden_dims", "decider_expansion", "decider_dropout")
+    }
+    torch.manual_seed(seed)
+    model = TaHForCausalLM.from_pretrained(
+        stage1_dir, decider="mlp", decider_layers=mlp.decider_layers, **overrides
+    )
+    model.set_trainable(backbone=False, lora=False, decider=True)
+    model.train()
+    model.backbone.eval()
+    settings = TrainSettings(
+        steps=cfg.decider_steps,
+        batch=cfg.batch,
+        lr=cfg.finetune_lr,
+        data_seed=_stream(seed, DECIDER_STREAM),
+    )
+    params = list(model.decider_parameters())
+    log = train_loop(params, stage2_loss(model, labeller, cfg.pos_weight), task, settings, report)
+    model.eval()
+    out: dict[str, Any] = {"decider_train_loss": log.losses, "parameters": count_parameters(model)}
+    out["test"] = _outcome(predict(tah_forward(model, threshold=cfg.threshold), task, test_batches))
+    out["tau_sweep"] = {
+        str(tau): predict(tah_forward(model, threshold=tau), task, test_batches).summary()
+        for tau in cfg.tau_sweep
+    }
+    val_batches = eval_batches(task, cfg.val_problems, VAL_SEED)
+    out["decider"] = {
+        "test": decider_metrics(decider_scores(model, labeller, test_batches), cfg.threshold),
+        "validation": decider_metrics(decider_scores(model, labeller, val_batches), cfg.threshold),
+    }
+    with atomic_dir(where / "model") as tmp:
+        model.save_pretrained(tmp)
+    return out
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    uniq, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
+    below = counts.cumsum(0) - counts
+    mean_rank = below.double() + (counts.double() + 1) / 2  # ties share their average rank
+    r_pos = float(mean_rank[inverse][positive].sum())
+    return (r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def decider_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, Any]:
+    """Precision / recall / AUC of "continue" against the labeller's hard tokens, at answer
+    positions and at every position."""
+    out = {}
+    for where, mask in (
+        ("answers", scores["answer"]),
+        ("all_tokens", torch.ones_like(scores["answer"])),
+    ):
+        prob, hard = scores["prob"][mask], scores["hard"][mask]
+        go = prob > threshold
+        tp = int((go & hard).sum())
+        out[where] = {
+            "precision": tp / int(go.sum()) if int(go.sum()) else None,
+            "recall": tp / int(hard.sum()) if int(hard.sum()) else None,
+            "auc": auc(prob, hard),
+            "hard_share": float(hard.float().mean()),
+            "predicted_share": float(go.float().mean()),
+        }
+    return out
+
+
+__all__ = ["auc", "decider_metrics", "run_job", "wide_intermediate"]

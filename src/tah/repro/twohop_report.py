@@ -1,0 +1,383 @@
+"""Results of ``tah repro twohop``: the aggregate JSON, a Markdown report and plots."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from tah.data.twohop import TWO_HOP
+from tah.io import atomic_file, write_json
+
+ARMS = ("standard", "wide", "alwaysthink", "tahplus")
+LABELS = {
+    "standard": "Standard (2L)",
+    "wide": "Standard wide (2L, ≥ TaH+ params)",
+    "alwaysthink": "AlwaysThink (2L, all tokens depth 2)",
+    "tahplus": "TaH+ (2L, learned decider, τ fixed)",
+    "oracle": "TaH+ oracle routing",
+    "depth1": "TaH+ depth 1 only",
+}
+COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Exact two-sided McNemar test on paired outcomes (binomial on the discordant pairs)."""
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    n = only_a + only_b
+    if n == 0:
+        return {"only_first": 0, "only_second": 0, "p": 1.0}
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return {"only_first": only_a, "only_second": only_b, "p": min(1.0, 2 * tail)}
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+
+
+def _two_hop(outcome: dict[str, Any]) -> list[bool]:
+    kinds, correct = outcome["kinds"], outcome["correct"]
+    return [c == "1" for k, c in zip(kinds, correct, strict=True) if int(k) == TWO_HOP]
+
+
+def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
+    """The results document: config, gate, readout, per-seed and aggregated numbers, tests."""
+    results = dict(state)
+    results["gate_runs"] = {
+        str(seed): {
+            name: {k: v for k, v in run.items() if k != "test"} | {"test": _strip(run["test"])}
+            for name, run in runs.items()
+            if name in ("shallow", "deep")
+        }
+        for seed, runs in runs_by_seed.items()
+    }
+    finetune = {
+        seed: {name: run for name, run in runs.items() if name in ARMS}
+        for seed, runs in runs_by_seed.items()
+    }
+    finetune = {seed: runs for seed, runs in finetune.items() if runs}
+    per_seed: dict[str, dict] = {}
+    for seed, runs in finetune.items():
+        row: dict[str, Any] = {}
+        for arm, run in runs.items():
+            row[arm] = _strip(run["test"]) | {"parameters": run.get("parameters")}
+            if arm == "tahplus":
+                for extra in ("oracle", "depth1"):
+                    row[extra] = _strip(run[extra])
+                row["tau_sweep"] = run["tau_sweep"]
+                row["decider"] = run["decider"]
+        tests = {}
+        for first, second in COMPARISONS:
+            if first in runs and second in runs:
+                tests[f"{first}_vs_{second}"] = mcnemar(
+                    _two_hop(runs[first]["test"]), _two_hop(runs[second]["test"])
+                )
+        row["mcnemar_two_hop"] = tests
+        per_seed[str(seed)] = row
+    results["per_seed"] = per_seed
+    aggregate: dict[str, Any] = {}
+    for arm in (*ARMS, "oracle", "depth1"):
+        rows = [r[arm] for r in per_seed.values() if arm in r]
+        if not rows:
+            continue
+        aggregate[arm] = {
+            "two_hop": mean_std([100 * r["accuracy"]["gf"] for r in rows]),
+            "one_hop": mean_std([100 * r["accuracy"]["one_hop"] for r in rows]),
+            "share_tokens_iterating": mean_std([100 * r["share_tokens_iterating"] for r in rows]),
+            "share_answers_iterating": mean_std([100 * r["share_answers_iterating"] for r in rows]),
+        }
+    results["aggregate"] = aggregate
+    results["complete"] = (
+        bool(finetune)
+        and all(set(ARMS) <= set(runs) for runs in finetune.values())
+        and len(finetune) == len(state["config"]["seeds"])
+    )
+    return results
+
+
+def _strip(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in outcome.items() if k not in ("correct", "kinds")}
+
+
+# ------------------------------------------------------------------ Markdown
+def _pm(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "not run" if x is None else f"{x:.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cfg, gate = results["config"], results["gate"]
+    lines = [
+        "# `tah repro twohop` results",
+        "",
+        f"Preset `{cfg['preset']}`, seeds {cfg['seeds']}; task {results['task']}. "
+        f"Accuracies in % on {cfg['test_problems']} held-out test problems (teacher-forced: "
+        "earlier queries' gold answers are in context). Query-blind two-hop baseline: "
+        f"{100 / results['task']['pairs']:.1f} %.",
+        "",
+        "## Gate (Standard models only, recorded before any TaH model was trained)",
+        "",
+        f"Rules: the base answers ≥ {gate['rules']['base_one_hop_min']} % of one-hop queries "
+        "(precondition, added after the first full run); "
+        f"deep − shallow ≥ {gate['rules']['deep_minus_shallow_min']} points; "
+        f"|Standard (shallow + F steps) − shallow| ≤ {gate['rules']['more_steps_change_max']}; "
+        f"wide (+ F) − Standard (+ F) ≤ {gate['rules']['wide_minus_standard_max']} (two-hop "
+        f"accuracy, every seed). From scratch: S = {cfg['base_steps']} steps, lr {cfg['lr']}, "
+        f"batch {cfg['batch']}; then F = {cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}.",
+        "",
+        "| seed | shallow 2L (S) | deep 4L (S) | Standard 2L (S + F) | wide 2L (S + F) "
+        "| one-hop (2L / 4L) | checks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed, row in sorted(gate["per_seed"].items()):
+        a, o = row["two_hop"], row["one_hop"]
+        mark = {True: "✓", False: "✗", None: "not run"}
+        ok = ", ".join(f"{k} {mark[v]}" for k, v in row["checks"].items())
+        lines.append(
+            f"| {seed} | {_num(a['shallow'])} | {_num(a['deep'])} | {_num(a['standard'])} | "
+            f"{_num(a['wide'])} | {_num(o['shallow'])} / {_num(o['deep'])} | {ok} |"
+        )
+    lines += [
+        "",
+        "Runs from scratch, by query kind (f and g: one lookup; gf: two), with the job's wall "
+        "time:",
+        "",
+        "| seed | model | params | steps | f | g | gf | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, runs in sorted(results.get("gate_runs", {}).items()):
+        for name, run in runs.items():
+            acc = run["test"]["accuracy"]
+            lines.append(
+                f"| {seed} | {name} ({run['layers']}L) | {run['parameters']:,} | {run['steps']} | "
+                f"{_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
+                f"{run.get('wall_s', float('nan')):.0f} |"
+            )
+    lines += [
+        "",
+        f"**Gate {'passed' if gate['passed'] else 'FAILED'}** "
+        f"(recorded {gate.get('recorded_at', '?')}).",
+        "",
+    ]
+    if not gate["passed"] and results.get("per_seed"):
+        lines += [
+            "The TaH arms below were trained although the gate failed (gate not enforced: "
+            "`--quick` or `--set enforce_gate=false`); read them as a smoke test.",
+            "",
+        ]
+    if results.get("stopped"):
+        lines += [f"Stopped: {results['stopped']}", ""]
+    readout = results.get("readout")
+    if readout:
+        lines += [
+            "## Readout (fixed in advance)",
+            "",
+            f"Registered {readout.get('registered_at', '?')}: primary metric "
+            f"{readout['primary_metric']}; τ = {readout['threshold_tau']} (sweep "
+            f"{readout['tau_sweep']} {readout['tau_sweep_use']}); {readout['aggregate']}; "
+            f"{readout['tests']}.",
+            "",
+        ]
+    agg = results.get("aggregate") or {}
+    if agg:
+        lines += [
+            "## Fine-tuning from the 2-layer base "
+            f"({cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}, identical rows)",
+            "",
+            "| model | two-hop | one-hop | tokens at depth 2 (%) | answers at depth 2 (%) |",
+            "|---|---|---|---|---|",
+        ]
+        for arm in (*ARMS, "oracle", "depth1"):
+            if arm in agg:
+                s = agg[arm]
+                lines.append(
+                    f"| {LABELS[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
+                    f"{_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} |"
+                )
+        lines += [
+            "",
+            "Paired exact McNemar on two-hop test queries (first right only / "
+            "second right only, p):",
+            "",
+            "| seed | " + " | ".join(f"{a} vs {b}" for a, b in COMPARISONS) + " |",
+            "|---|" + "---|" * len(COMPARISONS),
+        ]
+        for seed, row in sorted(results["per_seed"].items()):
+            cells = []
+            for a, b in COMPARISONS:
+                t = row["mcnemar_two_hop"].get(f"{a}_vs_{b}")
+                cells.append(
+                    "–"
+                    if t is None
+                    else f"{t['only_first']} / {t['only_second']}, p = {t['p']:.3g}"
+                )
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "## Decider (held-out labels: the base's errors)",
+            "",
+            "| seed | split | positions | precision | recall | AUC | hard share | "
+            "predicted share |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for seed, row in sorted(results["per_seed"].items()):
+            for split, by_where in (row.get("decider") or {}).items():
+                for where, m in by_where.items():
+                    auc = "–" if m["auc"] is None else f"{m['auc']:.3f}"
+                    lines.append(
+                        f"| {seed} | {split} | {where} | {_pct(m['precision'])} | "
+                        f"{_pct(m['recall'])} | {auc} | {_pct(m['hard_share'])} | "
+                        f"{_pct(m['predicted_share'])} |"
+                    )
+        lines += [
+            "",
+            "## τ sweep (reported, never selected from)",
+            "",
+            "| seed | τ | two-hop | one-hop | tokens at depth 2 (%) |",
+            "|---|---|---|---|---|",
+        ]
+        for seed, row in sorted(results["per_seed"].items()):
+            for tau, s in (row.get("tau_sweep") or {}).items():
+                lines.append(
+                    f"| {seed} | {tau} | {_pct(s['accuracy']['gf'])} | "
+                    f"{_pct(s['accuracy']['one_hop'])} | {_pct(s['share_tokens_iterating'])} |"
+                )
+    if not results.get("complete") and not results.get("stopped"):
+        lines += [
+            "",
+            "**Incomplete run**: not every seed and arm has finished; rerun the same "
+            "command to finish (finished jobs are skipped).",
+        ]
+    timings = results.get("timings") or {}
+    if timings:
+        total = sum(t["wall_s"] for t in timings.values())
+        lines += [
+            "",
+            f"Job wall time summed over workers: {total / 60:.1f} min ({len(timings)} jobs timed).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ plots
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
+    styles = {"shallow": "C0", "deep": "C2"}
+    for seed, runs in sorted(results.get("gate_runs", {}).items()):
+        for name, run in runs.items():
+            curve = run.get("validation_curve") or []
+            if curve:
+                steps = [c["step"] for c in curve]
+                first = seed == min(results["gate_runs"])
+                ax_curve.plot(
+                    steps,
+                    [100 * c["two_hop"] for c in curve],
+                    color=styles[name],
+                    label=f"{name} two-hop" if first else None,
+                )
+                ax_curve.plot(
+                    steps,
+                    [100 * c["one_hop"] for c in curve],
+                    color=styles[name],
+                    ls="--",
+                    label=f"{name} one-hop" if first else None,
+                )
+    ax_curve.set_xlabel("training step")
+    ax_curve.set_ylabel("validation accuracy (%)")
+    ax_curve.set_title("Gate runs: learning curves")
+    ax_curve.legend(fontsize=7)
+    gate = results["gate"]["per_seed"]
+    names = ("shallow", "deep", "standard", "wide")
+    for i, name in enumerate(names):
+        values = [row["two_hop"][name] for row in gate.values() if row["two_hop"][name] is not None]
+        if not values:
+            continue
+        ax_gate.bar(i, sum(values) / len(values), color="C0" if name != "deep" else "C2")
+        ax_gate.scatter([i] * len(values), values, color="k", s=10, zorder=3)
+    ax_gate.axhline(100 / results["task"]["pairs"], color="grey", ls=":", label="query-blind")
+    ax_gate.set_xticks(range(len(names)), ["2L (S)", "4L (S)", "2L (S + F)", "2L wide (S + F)"])
+    ax_gate.set_ylabel("two-hop accuracy (%)")
+    ax_gate.set_title("Gate: Standard models only")
+    ax_gate.legend(loc="upper left", fontsize=8)
+
+    for seed, row in sorted(results.get("per_seed", {}).items()):
+        sweep = row.get("tau_sweep") or {}
+        pts = sorted(
+            (100 * s["share_tokens_iterating"], 100 * s["accuracy"]["gf"]) for s in sweep.values()
+        )
+        if pts:
+            ax_share.plot(
+                *zip(*pts, strict=True),
+                "o-",
+                color="C3",
+                alpha=0.6,
+                label="TaH+ τ sweep" if seed == min(results["per_seed"]) else None,
+            )
+        for arm, color, marker in (
+            ("standard", "C0", "s"),
+            ("wide", "C1", "D"),
+            ("alwaysthink", "C4", "^"),
+            ("oracle", "C2", "*"),
+            ("depth1", "C7", "v"),
+        ):
+            if arm in row:
+                ax_share.scatter(
+                    100 * row[arm]["share_tokens_iterating"],
+                    100 * row[arm]["accuracy"]["gf"],
+                    color=color,
+                    marker=marker,
+                    s=40,
+                    label=LABELS[arm] if seed == min(results["per_seed"]) else None,
+                )
+    ax_share.set_xlabel("tokens running depth 2 (%)")
+    ax_share.set_ylabel("two-hop accuracy (%)")
+    ax_share.set_title("Accuracy vs share of tokens iterating")
+    if results.get("per_seed"):
+        ax_share.legend(fontsize=7)
+    else:
+        ax_share.text(
+            0.5,
+            0.5,
+            "no TaH model trained\n(the gate failed)",
+            ha="center",
+            va="center",
+            transform=ax_share.transAxes,
+        )
+    ax_gate.set_ylim(0, 100)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
+    write_json(paths["json"], results)
+    with atomic_file(paths["md"], "w", encoding="utf-8") as handle:
+        handle.write(markdown(results))
+    plot(results, paths["png"])
+    return paths

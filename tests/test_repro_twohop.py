@@ -1,0 +1,231 @@
+"""The two-hop study: task generator, the wide control, statistics, and ``--quick`` end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from tah.data.twohop import (
+    IGNORE,
+    KINDS,
+    SPECIALS,
+    TWO_HOP,
+    TwoHopTask,
+    build_tokenizer,
+    render,
+    sample_batch,
+)
+from tah.errors import ConfigError
+
+
+def _tables(task: TwoHopTask, ids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    step = task.pair_len
+    start_f = 2
+    start_g = start_f + step * task.pairs + 1
+    f = {ids[start_f + step * i]: ids[start_f + step * i + 1] for i in range(task.pairs)}
+    g = {ids[start_g + step * i]: ids[start_g + step * i + 1] for i in range(task.pairs)}
+    if task.separators:
+        ends = [ids[s + step * i + 2] for s in (start_f, start_g) for i in range(task.pairs)]
+        assert set(ends) == {task.separator}
+    return f, g
+
+
+@pytest.mark.parametrize("separators", [False, True])
+def test_answers_follow_the_tables_and_sets_are_disjoint(separators):
+    task = TwoHopTask(separators=separators)
+    batch = sample_batch(task, 64, torch.Generator().manual_seed(3))
+    assert batch.input_ids.shape == (64, task.length)
+    n, first = task.entities, len(SPECIALS)
+    for row in range(64):
+        ids = batch.input_ids[row].tolist()
+        f, g = _tables(task, ids)
+        assert all(first <= x < first + n for x in f)  # keys of F: X
+        assert all(first + n <= y < first + 2 * n for y in f.values())  # values of F: Y
+        assert set(g) == set(f.values())  # G is keyed by exactly F's values
+        assert all(z >= first + 2 * n for z in g.values())  # values of G: Z
+        seen: dict[int, set[int]] = {}
+        for q in range(task.queries):
+            at = task.first_query + task.query_len * q
+            op, arg, ans = ids[at : at + 3]
+            kind = int(batch.kinds[row, q])
+            if kind == 0:
+                expected = f[arg]
+            elif kind == 1:
+                expected = g[arg]
+            else:
+                expected = g[f[arg]]
+            assert SPECIALS[op] == KINDS[kind] and ans == expected == int(batch.answers[row, q])
+            assert arg not in seen.setdefault(kind, set())  # no repeated question
+            seen[kind].add(arg)
+            if kind == TWO_HOP:
+                assert int(batch.intermediates[row, q]) == f[arg]
+    supervised = batch.labels != IGNORE
+    assert supervised.sum(1).eq(task.queries).all()
+    assert (batch.labels[supervised] == batch.answers.flatten()).all()
+    share = float((batch.kinds == TWO_HOP).float().mean())
+    assert 0.2 < share < 0.47
+
+
+@pytest.mark.parametrize("separators", [False, True])
+def test_stream_is_deterministic_and_tokenizer_matches_ids(separators):
+    task = TwoHopTask(entities=10, pairs=4, queries=3, separators=separators)
+    a = sample_batch(task, 4, torch.Generator().manual_seed(1))
+    b = sample_batch(task, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(a.input_ids, b.input_ids)
+    tokenizer = build_tokenizer(task)
+    text = render(task, a.input_ids[0])
+    assert tokenizer(text)["input_ids"] == a.input_ids[0].tolist()
+    assert len(tokenizer) == task.vocab_size
+
+
+def test_bad_task_is_refused():
+    with pytest.raises(ConfigError, match="pairs"):
+        TwoHopTask(entities=4, pairs=8)
+
+
+def test_widen_keeps_the_function_and_adds_parameters():
+    from tah.repro.twohop_runs import Shape, count_parameters, new_standard, widen
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
+    wide = widen(base, 96, seed=1).eval()
+    ids = sample_batch(task, 3, torch.Generator().manual_seed(0)).input_ids
+    torch.testing.assert_close(wide(input_ids=ids).logits, base(input_ids=ids).logits)
+    assert count_parameters(wide) > count_parameters(base)
+
+
+def test_mcnemar_matches_the_binomial_by_hand():
+    from tah.repro.twohop_report import mcnemar
+
+    a = [True] * 8 + [False] * 2 + [True] * 5
+    b = [False] * 8 + [True] * 2 + [True] * 5
+    out = mcnemar(a, b)
+    assert (out["only_first"], out["only_second"]) == (8, 2)
+    # P(X <= 2) for X ~ Bin(10, 1/2) = 56/1024, doubled
+    assert out["p"] == pytest.approx(2 * 56 / 1024)
+    assert mcnemar(a, a)["p"] == 1.0
+
+
+def test_auc_against_pairwise_count():
+    from tah.repro.twohop_jobs import auc
+
+    rng = random.Random(0)
+    scores = torch.tensor([rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(60)])
+    positive = torch.tensor([rng.random() < 0.3 for _ in range(60)])
+    pos, neg = scores[positive].tolist(), scores[~positive].tolist()
+    pairs = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    assert auc(scores, positive) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_gate_rules():
+    from tah.repro.twohop import check_gate
+
+    def run(gf: float, one_hop: float = 1.0) -> dict:
+        return {"test": {"accuracy": {"gf": gf, "one_hop": one_hop}}}
+
+    ok = {
+        "shallow": run(0.15),
+        "deep": run(0.9),
+        "standard": run(0.17),
+        "wide": run(0.16),
+    }
+    assert check_gate({0: ok, 1: ok})["passed"]
+    shallow_not_done = {**ok, "standard": run(0.3)}
+    assert not check_gate({0: ok, 1: shallow_not_done})["passed"]
+    wide_helps = {**ok, "wide": run(0.4)}
+    assert not check_gate({0: wide_helps})["passed"]
+    base_at_chance = {"shallow": run(0.12, one_hop=0.12), "deep": run(0.9)}  # arms not run
+    verdict = check_gate({0: base_at_chance})
+    assert not verdict["passed"]
+    assert verdict["per_seed"][0]["checks"]["base_does_one_hop"] is False
+    assert verdict["per_seed"][0]["checks"]["wide_no_better"] is None
+
+
+def test_quick_study_end_to_end_and_resume(tmp_path):
+    from tah.repro.twohop import preset, run_study
+
+    config = preset("quick")
+    results = run_study(config, tmp_path, show_progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["gate"]["recorded_at"] <= saved["readout"]["registered_at"]
+    assert set(saved["gate"]["per_seed"]["0"]["two_hop"]) == {
+        "shallow",
+        "deep",
+        "standard",
+        "wide",
+    }
+    row = saved["per_seed"]["0"]
+    for arm in ("standard", "wide", "alwaysthink", "tahplus", "oracle", "depth1"):
+        assert 0.0 <= row[arm]["accuracy"]["gf"] <= 1.0
+    assert row["alwaysthink"]["share_tokens_iterating"] == 1.0
+    assert row["depth1"]["share_tokens_iterating"] == 0.0
+    assert row["wide"]["parameters"] >= row["tahplus"]["parameters"]
+    assert set(row["mcnemar_two_hop"]) == {
+        "tahplus_vs_standard",
+        "tahplus_vs_wide",
+        "tahplus_vs_alwaysthink",
+    }
+    assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
+    assert results["complete"]
+    assert (tmp_path / "results.md").read_text().count("| seed |") >= 3
+    assert (tmp_path / "results.png").stat().st_size > 0
+    # Rerunning skips every finished job: no result file is rewritten.
+    stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
+    assert len(stamp) == 6
+    run_study(config, tmp_path, show_progress=False)
+    assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
+    # ...and refuses to mix runs made with other settings into the same folder.
+    with pytest.raises(ConfigError, match="other settings"):
+        run_study(config.with_overrides(["base_steps=13"]), tmp_path, show_progress=False)
+
+
+def test_hard_labels_mark_exactly_the_labellers_wrong_answers():
+    from tah.repro.twohop_runs import Shape, hard_labels, new_standard
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    model = new_standard(task, Shape(layers=1, hidden=32, intermediate=64), 0).eval()
+    batch = sample_batch(task, 5, torch.Generator().manual_seed(2))
+    iters = hard_labels(model, batch)
+    where = task.answer_positions() - 1
+    with torch.no_grad():
+        guess = model(input_ids=batch.input_ids).logits[:, where].argmax(-1)
+    assert torch.equal(iters[:, where] == 2, guess != batch.answers)
+    others = torch.ones(task.length, dtype=torch.bool)
+    others[where] = False
+    assert (iters[:, others] == 1).all()
+
+
+def test_routing_modes_of_a_tah_model():
+    from tah.repro.twohop_runs import (
+        Shape,
+        eval_batches,
+        new_standard,
+        new_tah,
+        predict,
+        tah_config,
+        tah_forward,
+    )
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
+    batches = eval_batches(task, 6, seed=5)
+    learned = new_tah(base, tah_config("mlp", 4, 16))
+    everything = predict(tah_forward(learned, threshold=0.0), task, batches)
+    nothing = predict(tah_forward(learned, threshold=1.0), task, batches)
+    depth1 = predict(tah_forward(learned, max_depth=1), task, batches)
+    assert everything.tokens_iterated == 1.0 and nothing.tokens_iterated == 0.0
+    assert depth1.tokens_iterated == 0.0
+    # with LoRA still zero, depth 1 alone is the base model itself
+    with torch.no_grad():
+        plain = base(input_ids=batches[0].input_ids).logits
+    assert torch.equal(
+        depth1.predicted[: plain.shape[0] * task.queries],
+        plain[:, task.answer_positions() - 1].argmax(-1).flatten(),
+    )
+    oracle = new_tah(base, tah_config("label", 4, 16))
+    routed = predict(tah_forward(oracle, labeller=base), task, batches)
+    # oracle routing iterates exactly the answers the labeller (here: the base) gets wrong
+    assert torch.equal(routed.answers_iterated, ~depth1.correct)
