@@ -41,7 +41,9 @@ class Job:
     """One step. ``argv`` runs ``tah <argv>``; ``call`` = ("module:function", kwargs) instead.
 
     ``done`` is a path whose existence means the job already finished (resume). ``progress``
-    returns (completed, total) or None while unknown; ``cost`` orders ready jobs (largest first).
+    returns (completed, total) or None while unknown. Ready jobs start by ``priority`` (lower
+    first, e.g. the seed's index, so the first seed finishes first), then ``cost`` (largest
+    first).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Job:
     done: Path | None = None
     progress: ProgressFn | None = None
     cost: float = 1.0
+    priority: int = 0
 
 
 @dataclass
@@ -189,14 +192,14 @@ def run_jobs(
     ):
         overall = progress.add_task("[bold]reproduction (jobs)", total=len(jobs))
         while pending or running:
-            # start every ready job (dependencies done), biggest first
+            # start every ready job (dependencies done), by priority, biggest first
             blocked = {j.name for j in pending if any(d in failed for d in j.deps)}
             for job in [j for j in pending if j.name in blocked]:
                 failed[job.name] = f"not run: a dependency failed ({job.deps})"
                 pending.remove(job)
                 progress.advance(overall)
             ready = [j for j in pending if all(d in results for d in j.deps)]
-            ready.sort(key=lambda j: -j.cost)
+            ready.sort(key=lambda j: (j.priority, -j.cost))
             for job in ready:
                 if job.done is not None and job.done.exists():
                     pending.remove(job)
