@@ -371,6 +371,34 @@ def test_jobs_respect_dependencies_and_resume(tmp_path):
     assert again["a"].skipped and again["b"].skipped
 
 
+def _append(path: str, text: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(text + "\n")
+
+
+def test_jobs_start_the_longest_chain_first(tmp_path):
+    """A cheap step that unlocks an expensive one goes before a mid-cost leaf."""
+    order = tmp_path / "order.txt"
+
+    def job(name, cost, deps=()):
+        return Job(
+            name,
+            tmp_path / f"{name}.log",
+            call=(f"{__name__}:_append", {"path": str(order), "text": name}),
+            deps=list(deps),
+            cost=cost,
+        )
+
+    jobs = [job("leaf", 50.0), job("gate", 1.0), job("heavy", 100.0, ["gate"])]
+    run_jobs(jobs, workers=1, show_progress=False)
+    assert order.read_text().split() == ["gate", "heavy", "leaf"]
+    # priority still comes first
+    order.unlink()
+    jobs[0].priority = -1
+    run_jobs(jobs, workers=1, show_progress=False)
+    assert order.read_text().split() == ["leaf", "gate", "heavy"]
+
+
 def test_failed_job_stops_dependents_and_names_the_log(tmp_path):
     c = tmp_path / "c"
     jobs = [

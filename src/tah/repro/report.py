@@ -17,12 +17,14 @@ from typing import Any
 from tah.io import atomic_file, write_json
 from tah.repro.config import ReproConfig
 from tah.repro.methods import COMPARISONS, METHODS, ROUTING_ROWS
+from tah.repro.plots import plot_accuracy_vs_iterating, plot_results
 from tah.repro.stats import mcnemar_from_runs, mean_std
 
 __all__ = [
     "COLUMNS",
     "collect_results",
     "markdown_table",
+    "plot_results",
     "preregistration",
     "rich_table",
     "timing_table",
@@ -486,8 +488,6 @@ def sweep_table(results: dict[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """``results.json``, ``results.md``, ``results.png`` and ``accuracy_vs_iterating.png``."""
-    from tah.repro.plots import plot_accuracy_vs_iterating, plot_results
-
     out = Path(out)
     config = results["config"]
     paths = {

@@ -190,6 +190,13 @@ def run_repro(
     def record(result: JobResult) -> None:
         if not result.skipped:
             timings[result.name] = {"wall_s": result.wall_s, "cpu_s": result.cpu_s}
+            # merge with what is on disk: another invocation may run other seeds here
+            on_disk = (
+                json.loads(timings_path.read_text(encoding="utf-8"))
+                if timings_path.is_file()
+                else {}
+            )
+            timings.update({k: v for k, v in on_disk.items() if k not in timings})
             write_json(timings_path, timings)
 
     run_jobs(
