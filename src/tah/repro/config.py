@@ -193,7 +193,7 @@ class ReproConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The reported table: 3 seeds, about 30 minutes on 2 cores.
+    # The reported table: 3 seeds, ~2,100 CPU-s each (about 45-55 minutes on 2 idle cores).
     "tiny": {},
     # CI smoke: the same pipeline end to end in a few minutes; the numbers mean nothing.
     "quick": {

@@ -44,11 +44,11 @@ class TrainingData:
     max_length: int
     seed: int
     metadata: dict[str, Any] | None = None
-    query_iter: int = 1
     skipped_lines: int = 0
     problems: list[str] = field(default_factory=list)
     dropped_long: int = 0
     dropped_no_target: int = 0
+    query_iter: int = 1  # passes of prompt tokens (METHOD B.4 query_iter_count)
 
     def __len__(self) -> int:
         return len(self.rows)
