@@ -42,6 +42,8 @@ COLUMNS: tuple[tuple[str, str, float, int], ...] = (
     ("hard_iter_share", "Hard tokens iterated (%)", 100.0, 1),
     ("easy_iter_share", "Easy tokens iterated (%)", 100.0, 1),
 )
+_mean_std = mean_std  # the name earlier versions of this module exported privately
+
 DECIDER_METRICS = ("precision", "recall", "auc", "predicted_share", "base_rate")
 
 
