@@ -10,6 +10,7 @@
 * :mod:`tah.repro.decider_study` - decider precision / recall / AUC, variants, validation choice
 * :mod:`tah.repro.token_accuracy` - next-token accuracy on hard / easy held-out tokens
 * :mod:`tah.repro.stats`   - mean ± std and the exact McNemar test
-* :mod:`tah.repro.report`, :mod:`tah.repro.plots` - Markdown, JSON and plots from a run folder
+* :mod:`tah.repro.report`, :mod:`tah.repro.tables`, :mod:`tah.repro.plots` - the report from a
+  run folder: numbers (JSON), Markdown tables, plots
 * :mod:`tah.repro.export`  - copies one seed's TaH checkpoint out (the bundled demo model)
 """
