@@ -171,9 +171,12 @@ def test_rerun_resumes_without_recomputing(quick_run):
     from tah.cli import main
 
     before = (quick_run / "seed0" / "standard" / "final" / "model.safetensors").stat().st_mtime_ns
+    prereg = (quick_run / "preregistration.json").stat().st_mtime_ns
     assert main(["repro", "tiny", "--quick", "--output", str(quick_run), "--no-progress"]) == 0
     after = (quick_run / "seed0" / "standard" / "final" / "model.safetensors").stat().st_mtime_ns
     assert before == after
+    # the readout was fixed by the first invocation and is never rewritten
+    assert (quick_run / "preregistration.json").stat().st_mtime_ns == prereg
 
 
 def test_export_and_demo_on_the_exported_checkpoint(quick_run, tmp_path, capsys):

@@ -178,7 +178,9 @@ def run_repro(
     write_json(saved, config.to_dict())
     from tah.repro.report import preregistration
 
-    write_json(out / "preregistration.json", preregistration(config))
+    prereg = out / "preregistration.json"
+    if not prereg.is_file():  # fixed by the first invocation; a later --seeds subset keeps it
+        write_json(prereg, preregistration(config))
     started = time.perf_counter()
     info = prepare_data(config, out)
     jobs = build_jobs(config, out, info["vocab_size"])
