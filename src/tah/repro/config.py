@@ -27,6 +27,8 @@ class ReproConfig:
     data_seed: int = 2025
     n_train: int = 8000
     n_test: int = 300
+    # validation problems (disjoint from train and test): decider study and tau selection only
+    n_val: int = 300
     n_calib: int = 128  # prune calibration: the first n_calib training records
     # ---- model shape (Qwen3 architecture, tied embeddings)
     hidden_size: int = 128
@@ -46,6 +48,10 @@ class ReproConfig:
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    # ---- hard-token labels (METHOD B.3): "standard" = the fine-tuned Standard model labels the
+    # fine-tuning, validation and test splits (the paper labels with a post-trained model of
+    # the same family); "base" = the pretrained base that every method starts from
+    labeller: str = "standard"
     # ---- TaH (LoRA r=16/alpha=32 as the paper's 0.6B recipe; the decider is sized so that
     # pruned base + LoRA + decider has about the parameters of the unpruned base)
     lora_r: int = 16
@@ -57,6 +63,13 @@ class ReproConfig:
     decider_hidden_dims: list[int] = field(default_factory=lambda: [64, 64])
     decider_expansion: int = 2
     decider_dropout: float = 0.0
+    decider_pos_weight: float | str = "auto"  # stage-2 BCE weight of positives ("auto" = neg/pos)
+    decider_targets: str = "all"  # "all" (prompt tokens as negatives) or "response"
+    # other stage-2 deciders trained on the same TaH+ stage-1 model and compared on the
+    # validation split only (tah.repro.decider_study.VARIANTS)
+    decider_variants: list[str] = field(
+        default_factory=lambda: ["pos_weight_5.4", "response_only", "wider"]
+    )
     # tau: the reference recipes use 0.8 (METHOD C.2); 0.95 was chosen on the tuning data
     threshold: float = 0.95
     # ---- evaluation
@@ -77,6 +90,26 @@ class ReproConfig:
             raise ConfigError(f"seeds must be integers, e.g. --seeds 0,1,2; got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
+        from tah.repro.decider_study import VARIANTS
+
+        if self.labeller not in ("standard", "base"):
+            raise ConfigError(f"labeller must be 'standard' or 'base', got {self.labeller!r}")
+        if not isinstance(self.decider_variants, list) or any(
+            v not in VARIANTS for v in self.decider_variants
+        ):
+            raise ConfigError(
+                f"decider_variants must be a list of {sorted(VARIANTS)}, got "
+                f"{self.decider_variants!r}"
+            )
+        if self.decider_targets not in ("all", "response"):
+            raise ConfigError(
+                f"decider_targets must be 'all' or 'response', got {self.decider_targets!r}"
+            )
+        pw = self.decider_pos_weight
+        if pw != "auto" and (
+            not isinstance(pw, (int, float)) or isinstance(pw, bool) or not pw > 0
+        ):
+            raise ConfigError(f"decider_pos_weight must be 'auto' or a positive number, got {pw!r}")
         for name in ("difficulty", "sweep_thresholds", "decider_hidden_dims"):
             value = getattr(self, name)
             if not isinstance(value, list) or not all(
@@ -88,6 +121,7 @@ class ReproConfig:
         for name in (
             "n_train",
             "n_test",
+            "n_val",
             "n_calib",
             "pretrain_steps",
             "finetune_steps",
@@ -159,7 +193,7 @@ class ReproConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The reported table: 3 seeds, about 30 minutes on 2 cores.
+    # The reported table: 3 seeds, ~2,100 CPU-s each (about 45-55 minutes on 2 idle cores).
     "tiny": {},
     # CI smoke: the same pipeline end to end in a few minutes; the numbers mean nothing.
     "quick": {
@@ -168,6 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "difficulty": [1],
         "n_train": 512,
         "n_test": 16,
+        "n_val": 16,
         "n_calib": 16,
         "hidden_size": 32,
         "intermediate_size": 64,
@@ -187,6 +222,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_batch_size": 16,
         "token_acc_limit": 16,
         "sweep_thresholds": [0.5, 0.9],
+        "decider_variants": ["pos_weight_5.4"],
     },
 }
 

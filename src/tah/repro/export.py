@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tah.io import write_json
-from tah.repro.tiny import METHODS, model_dir
+from tah.repro.methods import METHODS, model_dir
 
 __all__ = ["export_checkpoint"]
 

@@ -41,7 +41,10 @@ class Job:
     """One step. ``argv`` runs ``tah <argv>``; ``call`` = ("module:function", kwargs) instead.
 
     ``done`` is a path whose existence means the job already finished (resume). ``progress``
-    returns (completed, total) or None while unknown; ``cost`` orders ready jobs (largest first).
+    returns (completed, total) or None while unknown. Ready jobs start by ``priority`` (lower
+    first, e.g. the seed's index, so the first seed finishes first), then by the ``cost`` of
+    the longest chain of jobs they start (the critical path, largest first), so that a cheap
+    step in front of an expensive one is not left to the end.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Job:
     done: Path | None = None
     progress: ProgressFn | None = None
     cost: float = 1.0
+    priority: int = 0
 
 
 @dataclass
@@ -140,6 +144,28 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+def _chain_costs(jobs: Sequence[Job]) -> dict[str, float]:
+    """For each job, its cost plus the costliest chain of jobs that depend on it."""
+    dependents: dict[str, list[str]] = {j.name: [] for j in jobs}
+    for job in jobs:
+        for dep in job.deps:
+            if dep in dependents:
+                dependents[dep].append(job.name)
+    cost = {j.name: j.cost for j in jobs}
+    memo: dict[str, float] = {}
+
+    def visit(name: str, seen: frozenset[str]) -> float:
+        if name in memo:
+            return memo[name]
+        if name in seen:  # a cycle: run_jobs reports it; do not recurse forever here
+            return cost[name]
+        below = [visit(d, seen | {name}) for d in dependents[name]]
+        memo[name] = cost[name] + max(below, default=0.0)
+        return memo[name]
+
+    return {j.name: visit(j.name, frozenset()) for j in jobs}
+
+
 def run_jobs(
     jobs: Sequence[Job],
     *,
@@ -168,6 +194,7 @@ def run_jobs(
         missing = [d for d in job.deps if d not in by_name]
         if missing:
             raise TaHError(f"job {job.name} depends on unknown jobs {missing}")
+    chain = _chain_costs(jobs)
     results: dict[str, JobResult] = {}
     failed: dict[str, str] = {}
     pending = list(jobs)
@@ -189,14 +216,14 @@ def run_jobs(
     ):
         overall = progress.add_task("[bold]reproduction (jobs)", total=len(jobs))
         while pending or running:
-            # start every ready job (dependencies done), biggest first
+            # start every ready job (dependencies done), by priority, biggest first
             blocked = {j.name for j in pending if any(d in failed for d in j.deps)}
             for job in [j for j in pending if j.name in blocked]:
                 failed[job.name] = f"not run: a dependency failed ({job.deps})"
                 pending.remove(job)
                 progress.advance(overall)
             ready = [j for j in pending if all(d in results for d in j.deps)]
-            ready.sort(key=lambda j: -j.cost)
+            ready.sort(key=lambda j: (j.priority, -chain[j.name]))
             for job in ready:
                 if job.done is not None and job.done.exists():
                     pending.remove(job)

@@ -61,39 +61,55 @@ def _decider_section(config: ReproConfig) -> dict[str, Any]:
     return section
 
 
+def _stage2_loss(config: ReproConfig) -> dict[str, Any]:
+    return {"pos_weight": config.decider_pos_weight, "decider_targets": config.decider_targets}
+
+
 def recipes_for_seed(config: ReproConfig, out: Path, seed: int, vocab: int) -> dict[str, dict]:
-    """The ``tah train`` recipes of one seed, as dicts (written as YAML next to the run)."""
+    """The ``tah train`` recipes of one seed, as dicts (written as YAML next to the run).
+
+    Every fine-tuning recipe reads the same rows in the same order (``require_hard`` off, same
+    seed and batch): Standard and the AlwaysThink models the unlabelled rows, the TaH models
+    the same rows carrying the labeller's hard-token marks (checked identical when written).
+    """
+    from tah.repro.decider_study import VARIANTS
+
     sd = out / f"seed{seed}"
-    labels = str(sd / "labels" / "train")
+    plain_rows = str(out / "synthetic" / "ft_rows.jsonl")
+    labelled_rows = str(sd / "rows" / "train.jsonl")
     special = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     output = {"log_every": 10, "progress": False}
     base_dir, pruned_dir = str(sd / "base" / "final"), str(sd / "pruned")
 
-    def finetune(stage: str, base: str, name: str, tah: bool) -> dict[str, Any]:
+    def finetune(stage: str, base: str, name: str, rows: str, tah: bool) -> dict[str, Any]:
         model: dict[str, Any] = {"base": base, **special}
         if tah:
             model["tah"] = _tah_section(config)
+        data: dict[str, Any] = {"train": rows, "max_length": 256, "require_hard": False}
+        if stage == "alwaysthink":
+            data["query_iter"] = 2  # prompt tokens iterate too, as the `always` decider does
         return {
             "stage": stage,
             "model": model,
-            "data": {"train": labels, "max_length": 256},
+            "data": data,
             "optim": _optim(config, config.finetune_lr),
             "train": _train_section(config, config.finetune_steps, seed),
             "output": {"dir": str(sd / name), **output},
         }
 
-    def stage2(stage1: str, name: str) -> dict[str, Any]:
+    def stage2(stage1: str, name: str, variant: dict[str, dict[str, Any]] | None = None) -> dict:
+        tah = _decider_section(config) | (variant or {}).get("tah", {})
         return {
             "stage": "stage2",
-            "model": {"init_from": str(sd / stage1 / "final"), "tah": _decider_section(config)},
-            "data": {"train": labels, "max_length": 256},
-            "loss": {"pos_weight": "auto", "decider_targets": "all"},
+            "model": {"init_from": str(sd / stage1 / "final"), "tah": tah},
+            "data": {"train": labelled_rows, "max_length": 256, "require_hard": False},
+            "loss": _stage2_loss(config) | (variant or {}).get("loss", {}),
             "optim": _optim(config, config.stage2_lr),
             "train": _train_section(config, config.stage2_steps, seed),
             "output": {"dir": str(sd / name), **output},
         }
 
-    return {
+    recipes = {
         "pretrain": {
             "stage": "standard",
             "model": {
@@ -110,10 +126,19 @@ def recipes_for_seed(config: ReproConfig, out: Path, seed: int, vocab: int) -> d
             "train": _train_section(config, config.pretrain_steps, seed),
             "output": {"dir": str(sd / "base"), **output},
         },
-        "standard": finetune("standard", base_dir, "standard", tah=False),
-        "alwaysthink": finetune("alwaysthink", pruned_dir, "alwaysthink", tah=True),
-        "tah_stage1": finetune("stage1", pruned_dir, "tah_stage1", tah=True),
-        "tahplus_stage1": finetune("stage1", base_dir, "tahplus_stage1", tah=True),
+        "standard": finetune("standard", base_dir, "standard", plain_rows, tah=False),
+        "standard_wide": finetune(
+            "standard", str(sd / "wide_base"), "standard_wide", plain_rows, tah=False
+        ),
+        "alwaysthink": finetune("alwaysthink", pruned_dir, "alwaysthink", plain_rows, tah=True),
+        "alwaysthink_plus": finetune(
+            "alwaysthink", base_dir, "alwaysthink_plus", plain_rows, tah=True
+        ),
+        "tah_stage1": finetune("stage1", pruned_dir, "tah_stage1", labelled_rows, tah=True),
+        "tahplus_stage1": finetune("stage1", base_dir, "tahplus_stage1", labelled_rows, tah=True),
         "tah_stage2": stage2("tah_stage1", "tah_stage2"),
         "tahplus_stage2": stage2("tahplus_stage1", "tahplus_stage2"),
     }
+    for name in config.decider_variants:
+        recipes[f"decider_{name}"] = stage2("tahplus_stage1", f"decider_{name}", VARIANTS[name][1])
+    return recipes

@@ -1,51 +1,72 @@
-"""The reproduction's table: per-seed numbers gathered from the run folder, mean ± std, written
-as Markdown, JSON and a plot.
+"""The reproduction's report: per-seed numbers gathered from the run folder, mean ± std, the
+pre-registered readout with paired tests, written as Markdown, JSON and plots.
 
-Every number is read back from the artefacts the steps wrote (``tah eval`` summaries, the
-token-accuracy JSON, ``tah label`` metadata, ``tah prune`` reports, training logs), never from
-memory, so the report can be rebuilt from a finished run folder at any time
-(:func:`collect_results` + :func:`write_report`).
+Every number is read back from the artefacts the steps wrote (``tah eval`` summaries and
+samples, the token-accuracy and decider JSON, ``tah label`` metadata, ``tah prune`` reports,
+training logs), never from memory, so the report can be rebuilt from a finished run folder at
+any time (:func:`collect_results` + :func:`write_report`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from tah.io import atomic_file, write_json
 from tah.repro.config import ReproConfig
-
-__all__ = ["COLUMNS", "collect_results", "markdown_table", "plot_results", "write_report"]
-
-# (key, header, scale, decimals)
-COLUMNS: tuple[tuple[str, str, float, int], ...] = (
-    ("params", "Params", 1.0, 0),
-    ("accuracy", "Answer acc. (%)", 100.0, 1),
-    ("hard_acc", "Hard-token acc. (%)", 100.0, 1),
-    ("easy_acc", "Easy-token acc. (%)", 100.0, 2),
-    ("avg_depth", "Avg depth", 1.0, 3),
-    ("iter_share", "Tokens iterating (%)", 100.0, 1),
-    ("hard_iter_share", "Hard tokens iterated (%)", 100.0, 1),
-    ("easy_iter_share", "Easy tokens iterated (%)", 100.0, 1),
+from tah.repro.methods import COMPARISONS, METHODS, ROUTING_ROWS
+from tah.repro.plots import plot_accuracy_vs_iterating, plot_results
+from tah.repro.stats import mcnemar_from_runs, mean_std
+from tah.repro.tables import (
+    COLUMNS,
+    _cell,
+    decider_section,
+    markdown_table,
+    readout_section,
+    rich_table,
+    routing_table,
+    sweep_table,
+    timing_table,
 )
 
+__all__ = [
+    "COLUMNS",
+    "collect_results",
+    "markdown_table",
+    "plot_results",
+    "preregistration",
+    "rich_table",
+    "timing_table",
+    "write_report",
+]
 
-# Teacher-forced-only rows: the stage-1 models under oracle routing, and at depth 1 alone.
-DIAGNOSTICS: dict[str, str] = {
-    "tah_oracle": "TaH stage 1, oracle routing¹",
-    "tah_depth1": "TaH stage 1, depth 1 only²",
-    "tahplus_oracle": "TaH+ stage 1, oracle routing¹",
-    "tahplus_depth1": "TaH+ stage 1, depth 1 only²",
-}
-SHORT_DIAGNOSTICS = {
-    "tah_oracle": "TaH s1 oracle¹",
-    "tah_depth1": "TaH s1 depth 1²",
-    "tahplus_oracle": "TaH+ s1 oracle¹",
-    "tahplus_depth1": "TaH+ s1 depth 1²",
-}
+_mean_std = mean_std  # the name earlier versions of this module exported privately
+
+DECIDER_METRICS = ("precision", "recall", "auc", "predicted_share", "base_rate")
+
+
+def preregistration(config: ReproConfig) -> dict[str, Any]:
+    """The readout, fixed by the settings before any model is trained or tested."""
+    return {
+        "primary_metric": (
+            f"answer accuracy (exact final answer, greedy decoding, max {config.max_new_tokens} "
+            f"new tokens) on the {config.n_test} test problems of data_seed {config.data_seed}"
+        ),
+        "tau": config.threshold,
+        "seeds": list(config.seeds),
+        "labeller": config.labeller,
+        "summary": "mean ± sample std over seeds",
+        "paired_test": "exact two-sided McNemar test per seed on the same test problems",
+        "comparisons": [f"{a} vs {b}" for a, b in COMPARISONS],
+        "tau_sweep": "reported beside the table, never selected from",
+        "validation": (
+            "decider variants and tau are compared on the validation problems only; the "
+            "'tahplus_val' row takes the highest validation accuracy (ties: default decider, "
+            "then larger tau) and is then evaluated once on the test problems"
+        ),
+    }
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -78,88 +99,150 @@ def _token_numbers(record: dict[str, Any] | None) -> dict[str, Any]:
     return {k: record.get(k) for k in keys} | {"hard_tokens": record.get("hard")}
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None, None
-    mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else None
-    return mean, std
+def _correct_by_problem(run_dir: Path) -> dict[str, bool] | None:
+    """problem id -> whether the (single, greedy) sample was right; None if the run is absent."""
+    path = run_dir / "samples.jsonl"
+    if not path.is_file():
+        return None
+    out: dict[str, bool] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                out[str(row["problem_id"])] = bool(row.get("correct"))
+    return out
+
+
+def _sweep_points(sweep: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {
+        f"{p['tau']:g}": {
+            "accuracy": p.get("mean_accuracy"),
+            "iter_share": p.get("mean_iter_share"),
+        }
+        for p in (sweep or {}).get("points", [])
+    }
+
+
+def _stat(values: list[Any]) -> dict[str, Any]:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "values": values}
+
+
+def _seed_results(config: ReproConfig, out: Path, seed: int) -> dict[str, Any]:
+    sd = out / f"seed{seed}"
+    row: dict[str, Any] = {}
+    for key in [m.key for m in METHODS] + list(ROUTING_ROWS):
+        row[key] = {
+            **_eval_numbers(_read(sd / "eval" / key / "summary.json")),
+            **_token_numbers(_read(sd / "tokens" / f"{key}.json")),
+        }
+    labels = {}
+    for split in ("train", "validation", "test"):
+        stats = (_read(sd / "labels" / split / "tah_labels.json") or {}).get("stats") or {}
+        labels[split] = {
+            "supervised_hard_ratio": stats.get("supervised_hard_ratio"),
+            "supervised_tokens": stats.get("supervised_tokens"),
+        }
+    correct = {
+        key: _correct_by_problem(sd / "eval" / key)
+        for key in {k for pair in COMPARISONS for k in pair}
+    }
+    paired = {}
+    for first, second in COMPARISONS:
+        if correct[first] is not None and correct[second] is not None:
+            paired[f"{first} vs {second}"] = mcnemar_from_runs(correct[first], correct[second])
+    study = {}
+    variants = ["default", *config.decider_variants]
+    for variant in variants:
+        study[variant] = {
+            "validation_scores": _read(sd / "validation" / "decider" / f"{variant}.json") or {},
+            "validation_sweep": _sweep_points(
+                _read(sd / "validation" / "sweep" / variant / "sweep.json")
+            ),
+        }
+    prune = _read(sd / "pruned" / "prune_report.json") or {}
+    return {
+        "methods": row,
+        "base": _eval_numbers(_read(sd / "eval" / "base" / "summary.json")),
+        "sweep": {
+            k: _sweep_points(_read(sd / "sweep" / k / "sweep.json")) for k in ("tah", "tahplus")
+        },
+        "labels": labels,
+        "decider_test": {k: _read(sd / "decider" / f"{k}.json") or {} for k in ("tah", "tahplus")},
+        "decider_study": study,
+        "selection": _read(sd / "eval" / "tahplus_val" / "selection.json"),
+        "paired_tests": paired,
+        "wide": _read(sd / "wide_base" / "widen.json"),
+        "pruned_layer": prune.get("removed"),
+        "prune_ppl": [prune.get("base_ppl"), prune.get("pruned_ppl")],
+        "pretrain_final_loss": _read_last_train(sd / "base" / "train_log.jsonl").get("loss"),
+    }
 
 
 def collect_results(config: ReproConfig, out: str | Path, data_info: dict[str, Any]) -> dict:
-    """Per-seed numbers of every method and their mean / std over seeds."""
-    from tah.repro.tiny import METHODS
-
+    """Per-seed numbers of every row, their mean / std over seeds, and the readout."""
     out = Path(out)
-    per_seed: dict[str, dict[str, Any]] = {}
-    for seed in config.seeds:
-        sd = out / f"seed{seed}"
-        row: dict[str, Any] = {}
-        for method in METHODS:
-            row[method.key] = {
-                **_eval_numbers(_read(sd / "eval" / method.key / "summary.json")),
-                **_token_numbers(_read(sd / "tokens" / f"{method.key}.json")),
-            }
-        for key in DIAGNOSTICS:
-            row[key] = _token_numbers(_read(sd / "tokens" / f"{key}.json"))
-        labels = {}
-        for split in ("train", "test"):
-            meta = _read(sd / "labels" / split / "tah_labels.json") or {}
-            stats = meta.get("stats") or {}
-            labels[split] = {
-                "supervised_hard_ratio": stats.get("supervised_hard_ratio"),
-                "supervised_tokens": stats.get("supervised_tokens"),
-            }
-        sweeps = {}
-        for key in ("tah", "tahplus"):
-            sweep = _read(sd / "sweep" / key / "sweep.json") or {}
-            sweeps[key] = {
-                f"{p['tau']:g}": {
-                    "accuracy": p.get("mean_accuracy"),
-                    "iter_share": p.get("mean_iter_share"),
-                }
-                for p in sweep.get("points", [])
-            }
-        prune = _read(sd / "pruned" / "prune_report.json") or {}
-        base_log = _read_last_train(sd / "base" / "train_log.jsonl")
-        per_seed[str(seed)] = {
-            "methods": row,
-            "base": _eval_numbers(_read(sd / "eval" / "base" / "summary.json")),
-            "sweep": sweeps,
-            "labels": labels,
-            "pruned_layer": prune.get("removed"),
-            "prune_ppl": [prune.get("base_ppl"), prune.get("pruned_ppl")],
-            "pretrain_final_loss": base_log.get("loss"),
-        }
+    per_seed = {str(seed): _seed_results(config, out, seed) for seed in config.seeds}
+    seeds = list(per_seed.values())
     aggregate: dict[str, dict[str, Any]] = {}
-    keys = [m.key for m in METHODS] + list(DIAGNOSTICS)
-    for key in keys:
-        aggregate[key] = {}
-        for column, *_ in COLUMNS:
-            values = [per_seed[s]["methods"][key].get(column) for s in per_seed]
-            mean, std = _mean_std(values)
-            aggregate[key][column] = {"mean": mean, "std": std, "values": values}
-    base_acc = _mean_std([per_seed[s]["base"].get("accuracy") for s in per_seed])
+    for key in [m.key for m in METHODS] + list(ROUTING_ROWS):
+        aggregate[key] = {
+            column: _stat([s["methods"][key].get(column) for s in seeds]) for column, *_ in COLUMNS
+        }
     sweep_agg: dict[str, dict[str, Any]] = {}
     for key in ("tah", "tahplus"):
-        taus = sorted({t for s in per_seed.values() for t in s["sweep"][key]}, key=float)
-        sweep_agg[key] = {}
-        for tau in taus:
-            points = [s["sweep"][key].get(tau, {}) for s in per_seed.values()]
-            entry = {}
-            for metric in ("accuracy", "iter_share"):
-                mean, std = _mean_std([p.get(metric) for p in points])
-                entry[metric] = {"mean": mean, "std": std}
-            sweep_agg[key][tau] = entry
+        taus = sorted({t for s in seeds for t in s["sweep"][key]}, key=float)
+        sweep_agg[key] = {
+            tau: {
+                metric: _stat([s["sweep"][key].get(tau, {}).get(metric) for s in seeds])
+                for metric in ("accuracy", "iter_share")
+            }
+            for tau in taus
+        }
+    decider_agg = {
+        key: {m: _stat([s["decider_test"][key].get(m) for s in seeds]) for m in DECIDER_METRICS}
+        for key in ("tah", "tahplus")
+    }
+    study_agg: dict[str, Any] = {}
+    for variant in ["default", *config.decider_variants]:
+        entries = [s["decider_study"][variant] for s in seeds]
+        taus = sorted({t for e in entries for t in e["validation_sweep"]}, key=float)
+        study_agg[variant] = {
+            "scores": {
+                m: _stat([e["validation_scores"].get(m) for e in entries]) for m in DECIDER_METRICS
+            },
+            "sweep": {
+                tau: {
+                    metric: _stat([e["validation_sweep"].get(tau, {}).get(metric) for e in entries])
+                    for metric in ("accuracy", "iter_share")
+                }
+                for tau in taus
+            },
+        }
+    readout = {
+        "preregistered": preregistration(config),
+        "primary": {
+            key: aggregate[key]["accuracy"] for key in [m.key for m in METHODS] + ["tahplus_val"]
+        },
+        "paired_tests": {
+            f"{a} vs {b}": {
+                seed: per_seed[seed]["paired_tests"].get(f"{a} vs {b}") for seed in per_seed
+            }
+            for a, b in COMPARISONS
+        },
+    }
     return {
         "config": config.to_dict(),
-        "base_accuracy": {"mean": base_acc[0], "std": base_acc[1]},
+        "readout": readout,
+        "base_accuracy": _stat([s["base"].get("accuracy") for s in seeds]),
         "sweep": sweep_agg,
+        "decider": decider_agg,
+        "decider_study": study_agg,
         "data": data_info,
         "methods": [
             {"key": m.key, "label": m.label, "description": m.description} for m in METHODS
         ],
+        "routing_rows": {k: v[0] for k, v in ROUTING_ROWS.items()},
         "per_seed": per_seed,
         "aggregate": aggregate,
     }
@@ -180,208 +263,72 @@ def _read_last_train(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _cell(stat: dict[str, Any], scale: float, decimals: int, params: bool = False) -> str:
-    mean, std = stat.get("mean"), stat.get("std")
-    if mean is None:
-        return "–"
-    if params:
-        return f"{mean / 1e6:.3f} M"
-    text = f"{mean * scale:.{decimals}f}"
-    if std is not None:
-        text += f" ± {std * scale:.{decimals}f}"
-    return text
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """The paper-style table (mean ± std over seeds), oracle rows last."""
-    headers = ["Method"] + [h for _, h, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    rows = [(m["label"], m["key"]) for m in results["methods"]]
-    rows += [(label, key) for key, label in DIAGNOSTICS.items()]
-    for label, key in rows:
-        agg = results["aggregate"][key]
-        cells = [
-            _cell(agg[col], scale, dec, params=col == "params") for col, _, scale, dec in COLUMNS
-        ]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def rich_table(results: dict[str, Any]) -> Any:
-    """A compact terminal version of the table (the Markdown file has every column)."""
-    from rich.table import Table
-
-    n = len(results["per_seed"])
-    table = Table(title=f"mean ± std over {n} seed(s); full table in results.md")
-    short = {
-        "params": "params",
-        "accuracy": "answer %",
-        "hard_acc": "hard-tok %",
-        "easy_acc": "easy-tok %",
-        "avg_depth": "depth",
-        "iter_share": "iter %",
-    }
-    table.add_column("method")
-    for key in short.values():
-        table.add_column(key, justify="right")
-    rows = [(m["label"], m["key"]) for m in results["methods"]]
-    rows += [(SHORT_DIAGNOSTICS[key], key) for key in DIAGNOSTICS]
-    for label, key in rows:
-        agg = results["aggregate"][key]
-        cells = []
-        for col, _, scale, dec in COLUMNS:
-            if col in short:
-                cells.append(_cell(agg[col], scale, min(dec, 1), params=col == "params"))
-        table.add_row(label, *cells)
-    return table
-
-
-def sweep_table(results: dict[str, Any]) -> str:
-    """Answer accuracy and share iterating against τ for TaH and TaH+ (mean ± std)."""
-    sweep = results.get("sweep") or {}
-    taus = sorted({t for v in sweep.values() for t in v}, key=float)
-    if not taus:
-        return ""
-    standard = results["aggregate"]["standard"]["accuracy"]
-    lines = [
-        "| τ | TaH answer acc. (%) | TaH iterating (%) | TaH+ answer acc. (%) "
-        "| TaH+ iterating (%) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for tau in taus:
-        cells = [tau]
-        for key in ("tah", "tahplus"):
-            entry = sweep.get(key, {}).get(tau)
-            if entry is None:
-                cells += ["–", "–"]
-                continue
-            cells.append(_cell(entry["accuracy"], 100.0, 1))
-            cells.append(_cell(entry["iter_share"], 100.0, 1))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append(
-        f"\nStandard, for reference: {_cell(standard, 100.0, 1)} % "
-        f"(τ = 1 would be the stage-1 backbone alone)."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _stage_of(job: str) -> str:
-    step = job.split("/", 1)[-1]
-    for prefix in ("eval", "tokens", "label", "sweep"):
-        if step.startswith(prefix):
-            return prefix
-    return step
-
-
-def timing_table(timings: dict[str, Any]) -> str:
-    """Wall and CPU seconds per kind of step, summed over seeds."""
-    totals: dict[str, list[float]] = {}
-    for job, t in timings.items():
-        entry = totals.setdefault(_stage_of(job), [0.0, 0.0, 0])
-        entry[0] += float(t.get("wall_s", 0.0))
-        entry[1] += float(t.get("cpu_s", 0.0))
-        entry[2] += 1
-    lines = ["| step | jobs | wall (s, summed) | CPU (s) |", "|---|---:|---:|---:|"]
-    for stage, (wall, cpu, n) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"| {stage} | {n} | {wall:.0f} | {cpu:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_results(results: dict[str, Any], path: str | Path) -> None:
-    """Answer accuracy and hard / easy next-token accuracy per method, with seed dots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = results["methods"]
-    agg = results["aggregate"]
-    labels = [m["label"] for m in methods]
-    sweep = results.get("sweep") or {}
-    panels = 4 if any(sweep.values()) else 3
-    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.8))
-    for ax, column, title in (
-        (axes[0], "accuracy", "answer accuracy (%)"),
-        (axes[1], "hard_acc", "hard-token accuracy (%)"),
-        (axes[2], "easy_acc", "easy-token accuracy (%)"),
-    ):
-        means, errs = [], []
-        for i, m in enumerate(methods):
-            stat = agg[m["key"]][column]
-            means.append(100 * (stat["mean"] or 0.0))
-            errs.append(100 * (stat["std"] or 0.0))
-            dots = [100 * v for v in stat["values"] if v is not None]
-            ax.scatter([i] * len(dots), dots, color="black", s=10, zorder=3)
-        ax.bar(range(len(methods)), means, yerr=errs, capsize=4, color="#8fb3d9")
-        ax.set_xticks(range(len(methods)), labels)
-        ax.set_title(title)
-        finite = [v for v in means if v > 0]
-        if column == "easy_acc" and finite:
-            ax.set_ylim(max(0.0, min(finite) - 3), 100)
-    if panels == 4:
-        ax = axes[3]
-        for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
-            taus = sorted(sweep.get(key, {}), key=float)
-            ys = [sweep[key][t]["accuracy"]["mean"] for t in taus]
-            pts = [(float(t), 100 * y) for t, y in zip(taus, ys) if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=label)
-        standard = agg["standard"]["accuracy"]["mean"]
-        if standard is not None:
-            ax.axhline(100 * standard, color="black", ls="--", lw=1, label="Standard")
-        ax.set(xlabel="decider threshold τ", title="answer accuracy (%) vs τ")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    seeds = len(results["per_seed"])
-    fig.suptitle(f"tah repro {results['config']['preset']}: mean ± std over {seeds} seed(s)")
-    fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-
-
 def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
-    """``results.json``, ``results.md`` and ``results.png`` in ``out``."""
+    """``results.json``, ``results.md``, ``results.png`` and ``accuracy_vs_iterating.png``."""
     out = Path(out)
     config = results["config"]
-    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
+    paths = {
+        "json": out / "results.json",
+        "md": out / "results.md",
+        "png": out / "results.png",
+        "tradeoff": out / "accuracy_vs_iterating.png",
+    }
     write_json(paths["json"], results)
     seeds = ", ".join(str(s) for s in config["seeds"])
-    hard = [
-        s["labels"]["test"]["supervised_hard_ratio"]
-        for s in results["per_seed"].values()
-        if s["labels"]["test"]["supervised_hard_ratio"] is not None
-    ]
+    seeds_list = list(results["per_seed"].values())
+    hard = [s["labels"]["test"]["supervised_hard_ratio"] for s in seeds_list]
+    hard = [h for h in hard if h is not None]
     hard_text = f"{100 * statistics.fmean(hard):.1f} %" if hard else "n/a"
-    layers = [s["pruned_layer"] for s in results["per_seed"].values()]
+    layers = [s["pruned_layer"] for s in seeds_list]
+    widths = [(s.get("wide") or {}).get("intermediate_size") for s in seeds_list]
+    labeller = (
+        "the fine-tuned Standard model"
+        if config["labeller"] == "standard"
+        else "the pretrained base"
+    )
     text = [
         f"# tah repro {config['preset']}",
         "",
-        f"Seeds {seeds}; {results['data'].get('test')} held-out problems (difficulty "
-        f"{config['difficulty']}), greedy decoding; hard tokens = tokens the pretrained base "
-        f"mispredicts ({hard_text} of the supervised test tokens). Pruned layers per seed: "
-        f"{layers}. The pretrained base, before any fine-tuning, answers "
-        f"{_cell(results.get('base_accuracy') or {}, 100.0, 1)} % correctly.",
+        f"Seeds {seeds}; {results['data'].get('test')} held-out test problems and "
+        f"{results['data'].get('validation')} validation problems (difficulty "
+        f"{config['difficulty']}), greedy decoding. Hard tokens = tokens {labeller} "
+        f"mispredicts ({hard_text} of the supervised test tokens). Every fine-tuned row reads "
+        f"the same rows in the same order for {config['finetune_steps']} steps. Pruned layer "
+        f"per seed: {layers} of {config['num_layers']}. Standard-wide MLP width per seed: "
+        f"{widths} (base {config['intermediate_size']}). The pretrained base, before any "
+        f"fine-tuning, answers {_cell(results.get('base_accuracy') or {}, 100.0, 1)} % "
+        "correctly.",
+        "",
+        "## Pre-registered readout",
+        "",
+        readout_section(results),
+        "## All rows",
         "",
         markdown_table(results),
-        "¹ Teacher-forced only: the stage-1 model with the reference labels deciding which "
-        "tokens iterate (the paper's oracle); no generation is possible with it.",
-        "² The same stage-1 model with no token iterating: what its backbone does alone, so "
-        "the gap to the oracle row is what the second pass adds.",
+        "Hard/easy-token accuracy: next-token argmax accuracy on the labelled test solutions, "
+        "read teacher-forced through the TaH forward with each model's own routing (Standard "
+        "scores 0 % / 100 % by definition when it is the labeller). Avg depth and tokens "
+        "iterating: over generated tokens. Params: everything the model holds.",
         "",
-        "Hard/easy-token accuracy: next-token argmax accuracy on the labelled held-out "
-        "solutions, read through the TaH forward with each model's own routing. Avg depth "
-        "and tokens iterating: over generated tokens. Params: everything the model holds "
-        "(base + LoRA + decider).",
+        "## Routing: learned, oracle, depth 1 only",
         "",
+        routing_table(results),
+        "Oracle, answer accuracy: `tah eval --backend oracle` with the labeller as reference (a "
+        "token iterates when the model's depth-1 guess differs from the labeller's greedy "
+        "token, METHOD A.10.4). Oracle, token accuracy: teacher-forced with the labels routing "
+        "(hard tokens iterate, as in stage-1 training). Depth 1 only: `--decider never`, the "
+        "same weights with no token iterating.",
+        "",
+        "## Decider",
+        "",
+        decider_section(results),
     ]
     sweep = sweep_table(results)
     if sweep:
         text += [
-            "## Decider threshold",
+            "## Decider threshold on the test problems (reported, never selected from)",
             "",
-            f"The table uses τ = {config['threshold']:g} (the run's `threshold` setting). "
-            "The same models at every τ of the sweep, on the same test problems:",
+            f"The table uses τ = {config['threshold']:g}, fixed in advance:",
             "",
             sweep,
         ]
@@ -390,4 +337,5 @@ def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     with atomic_file(paths["md"], "w", encoding="utf-8") as handle:
         handle.write("\n".join(text))
     plot_results(results, paths["png"])
+    plot_accuracy_vs_iterating(results, paths["tradeoff"])
     return paths

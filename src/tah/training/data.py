@@ -48,6 +48,7 @@ class TrainingData:
     problems: list[str] = field(default_factory=list)
     dropped_long: int = 0
     dropped_no_target: int = 0
+    query_iter: int = 1  # passes of prompt tokens (METHOD B.4 query_iter_count)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,6 +68,7 @@ class TrainingData:
                 max_iter=self.max_iter,
                 strategy=self.strategy,
                 seed=self.seed,
+                query_iter=self.query_iter,
                 max_length=self.max_length,
             )
             for r in raw
@@ -117,6 +119,7 @@ def load_training_data(
     seed: int = 0,
     tokenizer: Any = None,
     vocab_size: int | None = None,
+    query_iter: int = 1,
 ) -> TrainingData:
     """Open labelled data (a ``tah label`` directory or a JSONL file) for training.
 
@@ -135,6 +138,7 @@ def load_training_data(
             "JSONL file of labelled rows (input_ids, mask, mismatch)"
         )
     data.max_iter, data.strategy, data.max_length, data.seed = max_iter, strategy, max_length, seed
+    data.query_iter = min(query_iter, max_iter)
     if max_examples is not None and len(data) > max_examples:
         data.rows = (
             data.rows[:max_examples]

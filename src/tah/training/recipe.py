@@ -79,6 +79,10 @@ class DataSection:
     require_hard: bool = True
     # Use only the first N rows after filtering (quick runs); None = all.
     max_examples: int | None = None
+    # Passes of prompt (unsupervised) tokens in training (METHOD B.4 query_iter_count): 1 as
+    # the reference; an AlwaysThink trained with max_iter here iterates every token, as its
+    # ``always`` decider does at inference.
+    query_iter: int = 1
 
 
 @dataclass
@@ -236,6 +240,7 @@ class Recipe:
         _choice("data.on_bad_line", d.on_bad_line, ("error", "skip"), where)
         if d.max_examples is not None:
             _positive("data.max_examples", d.max_examples, where)
+        _positive("data.query_iter", d.query_iter, where)
         _positive("optim.lr", o.lr, where)
         if o.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}{where}")

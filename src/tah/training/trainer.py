@@ -429,6 +429,7 @@ def _load_data(recipe: Recipe, path: str, info: stages.ModelInfo) -> TrainingDat
         seed=recipe.train.seed,
         tokenizer=info.tokenizer,
         vocab_size=info.vocab_size,
+        query_iter=d.query_iter,
     )
 
 

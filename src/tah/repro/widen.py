@@ -1,0 +1,96 @@
+"""The width control: the pretrained base with a wider MLP, at least as large as TaH+.
+
+TaH+ holds more parameters than Standard (its LoRA and decider), so a fair Standard control
+must hold at least as many. Pretraining a second, wider base would double the dominant cost of
+the reproduction, so the control grows the *same* pretrained base instead: every MLP gets
+extra hidden units whose output weights start at zero, so the grown model computes exactly the
+base's function at step 0 (checked in the tests), and fine-tuning is free to use the new
+units. Same depth, same data, same steps as Standard; only the width differs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["count_checkpoint_params", "widen_mlp", "widen_to_match"]
+
+
+def count_checkpoint_params(path: str | os.PathLike) -> int:
+    """Parameters of a checkpoint as ``tah eval`` counts them (TaH: base + LoRA + decider)."""
+    from tah.model.checkpoint import load_model
+
+    model = load_model(path)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def widen_mlp(base: str | os.PathLike, output: str | os.PathLike, extra: int, seed: int = 0) -> int:
+    """Save ``base`` with ``extra`` more MLP units per layer (zero output weights); returns
+    the new parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tah.io import atomic_dir
+
+    if extra < 1:
+        from tah.errors import ConfigError
+
+        raise ConfigError(f"extra MLP units must be >= 1, got {extra}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = model.config
+    old = int(config.intermediate_size)
+    config_dict = config.to_dict()
+    config_dict["intermediate_size"] = old + int(extra)
+    wide_config = type(config).from_dict(config_dict)
+    wide = AutoModelForCausalLM.from_config(wide_config, dtype=torch.float32)
+    state = model.state_dict()
+    std = float(getattr(config, "initializer_range", 0.02))
+    new_state = {}
+    for name, target in wide.state_dict().items():
+        source = state[name]
+        if source.shape == target.shape:
+            new_state[name] = source.clone()
+            continue
+        grown = torch.zeros_like(target)
+        if name.endswith(("gate_proj.weight", "up_proj.weight")):  # [intermediate, hidden]
+            grown.normal_(0.0, std)
+            grown[:old] = source
+        elif name.endswith("down_proj.weight"):  # [hidden, intermediate]: new columns 0
+            grown[:, :old] = source
+        else:
+            raise ValueError(f"unexpected shape change in {name}")
+        new_state[name] = grown
+    wide.load_state_dict(new_state)
+    wide.generation_config = model.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with atomic_dir(output) as tmp:
+        wide.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return int(sum(p.numel() for p in wide.parameters()))
+
+
+def widen_to_match(base: str, reference: str, output: str, seed: int = 0) -> dict[str, Any]:
+    """Widen ``base`` just enough to hold at least as many parameters as ``reference``."""
+    from transformers import AutoConfig
+
+    from tah.io import write_json
+
+    target = count_checkpoint_params(reference)
+    have = count_checkpoint_params(base)
+    config = AutoConfig.from_pretrained(base)
+    per_unit = 3 * int(config.hidden_size) * int(config.num_hidden_layers)
+    extra = max(1, math.ceil((target - have) / per_unit))
+    params = widen_mlp(base, output, extra, seed=seed)
+    record = {
+        "base": str(base),
+        "base_params": have,
+        "reference": str(reference),
+        "reference_params": target,
+        "intermediate_size": int(config.intermediate_size) + extra,
+        "params": params,
+    }
+    write_json(Path(output) / "widen.json", record)
+    return record
