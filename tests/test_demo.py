@@ -59,6 +59,7 @@ def test_demo_pretty_output_marks_every_problem(capsys):
     assert "Problem 1/3" in out and "Problem 3/3" in out and "avg depth" in out
     assert out.count("✓ right") + out.count("✗ wrong") == 3
     assert "of 3 right" in out
+    assert "<|im_end|>" not in out  # the end-of-turn token ends the answer, it is not text
     assert main(["demo", "--seed", "1", "--count", "1", "--decider", "never", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["problems"][0]["stats"]["avg_depth"] == 1.0

@@ -73,10 +73,13 @@ def _problems(args: argparse.Namespace, facts: dict) -> list[tuple[str, str | No
 
 
 def _solve(model, problem: str, gold: str | None, max_new_tokens: int) -> dict:
-    from tah.cli.generate import encode_prompt
+    from tah.cli.generate import encode_prompt, stop_ids
 
     input_ids = encode_prompt(model.tokenizer, problem, chat=True)
-    res = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False)
+    stops = stop_ids(model.tokenizer, model)
+    res = model.generate(
+        input_ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops or None
+    )
     counts = res.iter_counts[0].tolist()
     generated = res.sequences[0, input_ids.shape[1] :].tolist()
     keep = [i for i, c in enumerate(counts) if c > 0]
@@ -91,6 +94,8 @@ def _solve(model, problem: str, gold: str | None, max_new_tokens: int) -> dict:
         "text": text,
         "generated": generated,
         "counts": counts,
+        # The end-of-turn token ends the answer: counted in the stats, not printed as text.
+        "shown": [i for i, t in enumerate(generated) if t not in stops],
         "stats": res.stats,
     }
 
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     graded = [r["correct"] for r in results if r["correct"] is not None]
     if args.json:
         for r in results:
+            r.pop("shown")
             pieces = token_pieces(model.tokenizer, r.pop("generated"))
             r["tokens"] = [{"text": p, "iterations": c} for p, c in zip(pieces, r.pop("counts"))]
         print(
@@ -145,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     for i, r in enumerate(results, 1):
         console.print()
         console.print(f"[bold]Problem {i}/{len(results)}[/]: {r['problem']}", highlight=False)
-        console.print(coloured_text(token_pieces(model.tokenizer, r["generated"]), r["counts"]))
+        shown = [r["generated"][i] for i in r["shown"]]
+        counts = [r["counts"][i] for i in r["shown"]]
+        console.print(coloured_text(token_pieces(model.tokenizer, shown), counts))
         console.print(stats_line(r["stats"]), style="dim")
         if r["correct"] is True:
             console.print(f"[green]✓ right[/] (answer {r['answer']})")
