@@ -86,7 +86,7 @@ def decider_scores(
     import torch
 
     from tah.data.label_features import load_labels
-    from tah.model.checkpoint import load_model
+    from tah.model.loading import load_model
 
     model = load_model(model_path, threshold=threshold)
     model.eval()

@@ -20,7 +20,7 @@ __all__ = ["count_checkpoint_params", "widen_mlp", "widen_to_match"]
 
 def count_checkpoint_params(path: str | os.PathLike) -> int:
     """Parameters of a checkpoint as ``tah eval`` counts them (TaH: base + LoRA + decider)."""
-    from tah.model.checkpoint import load_model
+    from tah.model.loading import load_model
 
     model = load_model(path)
     return int(sum(p.numel() for p in model.parameters()))
