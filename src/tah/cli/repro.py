@@ -11,6 +11,7 @@ Rerunning a command resumes: finished steps are skipped.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,19 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def configure(args: argparse.Namespace, make_preset, full: str) -> tuple[Any, str] | None:
+    """The study's settings from ``--quick`` / ``--seeds`` / ``--workers`` / ``--set``, and its run
+    folder; None when ``--show-config`` printed them (shared by every ``tah repro`` study)."""
     import json
 
-    if args.scale == "twohop":
-        from tah.cli.repro_twohop import run_twohop
-
-        return run_twohop(args)
-
-    from rich.console import Console
-
-    from tah.repro.config import preset
-
-    config = preset("quick" if args.quick else "tiny")
+    config = make_preset("quick" if args.quick else full)
     overrides = list(args.overrides)
     if args.seeds is not None:
         overrides.append(f"seeds=[{args.seeds}]")
@@ -74,8 +68,27 @@ def run(args: argparse.Namespace) -> int:
     config = config.with_overrides(overrides)
     if args.show_config:
         print(json.dumps(config.to_dict(), indent=2))
+        return None
+    name = f"runs/repro-{args.scale}"
+    return config, args.output or (f"{name}-quick" if args.quick else name)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.scale == "twohop":
+        from tah.cli.repro_twohop import run_twohop
+        from tah.repro.twohop import preset as twohop_preset
+
+        configured = configure(args, twohop_preset, "full")
+        return 0 if configured is None else run_twohop(args, *configured)
+
+    from rich.console import Console
+
+    from tah.repro.config import preset
+
+    configured = configure(args, preset, "tiny")
+    if configured is None:
         return 0
-    output = args.output or ("runs/repro-tiny-quick" if args.quick else "runs/repro-tiny")
+    config, output = configured
 
     from tah.repro.report import rich_table
     from tah.repro.tiny import run_repro

@@ -10,30 +10,18 @@ Rerunning a command resumes: finished jobs are skipped.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from tah.errors import ConfigError
 
 
-def run_twohop(args: argparse.Namespace) -> int:
-    import json
-
+def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
     from rich.console import Console
 
-    from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop import run_study
 
     if getattr(args, "export", None):
         raise ConfigError("--export is for 'tah repro tiny'; twohop has no demo checkpoint")
-    config = preset("quick" if args.quick else "full")
-    overrides = list(args.overrides)
-    if args.seeds is not None:
-        overrides.append(f"seeds=[{args.seeds}]")
-    if args.workers is not None:
-        overrides.append(f"workers={args.workers}")
-    config = config.with_overrides(overrides)
-    if args.show_config:
-        print(json.dumps(config.to_dict(), indent=2))
-        return 0
-    output = args.output or ("runs/repro-twohop-quick" if args.quick else "runs/repro-twohop")
     console = Console()
     console.print(
         f"[bold]tah repro twohop[/] ({config.preset}): seeds {config.seeds}, "
