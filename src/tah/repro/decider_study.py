@@ -85,27 +85,16 @@ def decider_scores(
     """
     import torch
 
-    from tah.data.label_features import load_labels
     from tah.model.loading import load_model
+    from tah.repro.token_accuracy import labelled_batches
 
     model = load_model(model_path, threshold=threshold)
     model.eval()
     tau = float(model.config.threshold)
-    table, _ = load_labels(labels_dir, tokenizer=model.tokenizer)
-    rows = table.with_format("numpy", columns=["input_ids", "mask", "mismatch"])
-    total = len(rows) if limit is None else min(limit, len(rows))
     probs: list[np.ndarray] = []
     hard: list[np.ndarray] = []
     with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            chunk = rows[start : min(total, start + batch_size)]
-            seqs = [np.asarray(s, dtype=np.int64) for s in chunk["input_ids"]]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros((len(seqs), width), dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for b, s in enumerate(seqs):
-                ids[b, : len(s)] = torch.from_numpy(s)
-                attn[b, : len(s)] = 1
+        for chunk, seqs, ids, attn in labelled_batches(model, labels_dir, limit, batch_size):
             out = model(ids, attention_mask=attn)
             logits = out.decider_logits[..., 0].float()
             for b, s in enumerate(seqs):

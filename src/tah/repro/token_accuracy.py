@@ -108,6 +108,27 @@ def count_hard_easy(
     )
 
 
+def labelled_batches(model, labels_dir, limit: int | None, batch_size: int):
+    """Batches of a ``tah label`` directory for ``model``: (rows, sequences, ids, attention mask),
+    right-padded; the first ``limit`` rows (all when None)."""
+    import torch
+
+    from tah.data.label_features import load_labels
+
+    table, _ = load_labels(labels_dir, tokenizer=model.tokenizer)
+    rows = table.with_format("numpy", columns=["input_ids", "mask", "mismatch"])
+    total = len(rows) if limit is None else min(limit, len(rows))
+    for start in range(0, total, batch_size):
+        chunk = rows[start : min(total, start + batch_size)]
+        seqs = [np.asarray(s, dtype=np.int64) for s in chunk["input_ids"]]
+        ids = torch.zeros((len(seqs), max(len(s) for s in seqs)), dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)] = torch.from_numpy(s)
+            attn[b, : len(s)] = 1
+        yield chunk, seqs, ids, attn
+
+
 def token_accuracy(
     model_path: str | os.PathLike,
     labels_dir: str | os.PathLike,
@@ -128,7 +149,7 @@ def token_accuracy(
     """
     import torch
 
-    from tah.data.label_features import build_features, load_labels
+    from tah.data.label_features import build_features
     from tah.errors import ConfigError
     from tah.model.loading import load_model
 
@@ -136,21 +157,11 @@ def token_accuracy(
         raise ConfigError(f"oracle=True routes by the labels; decider={decider!r} conflicts")
     model = load_model(model_path, threshold=threshold, decider="label" if oracle else decider)
     model.eval()
-    table, _ = load_labels(labels_dir, tokenizer=model.tokenizer)
-    rows = table.with_format("numpy", columns=["input_ids", "mask", "mismatch"])
-    total = len(rows) if limit is None else min(limit, len(rows))
     result = TokenAccuracy()
     with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            chunk = rows[start : min(total, start + batch_size)]
-            seqs = [np.asarray(s, dtype=np.int64) for s in chunk["input_ids"]]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros((len(seqs), width), dtype=torch.long)
-            attn = torch.zeros_like(ids)
+        for chunk, seqs, ids, attn in labelled_batches(model, labels_dir, limit, batch_size):
             depth = torch.full_like(ids, -100)
             for b, s in enumerate(seqs):
-                ids[b, : len(s)] = torch.from_numpy(s)
-                attn[b, : len(s)] = 1
                 if oracle:
                     row = {k: chunk[k][b] for k in ("input_ids", "mask", "mismatch")}
                     feats = build_features(row, max_iter=model.config.max_iter)
