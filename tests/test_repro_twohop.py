@@ -263,3 +263,17 @@ def test_routing_modes_of_a_tah_model():
     routed = predict(tah_forward(oracle, labeller=base), task, batches)
     # oracle routing iterates exactly the answers the labeller (here: the base) gets wrong
     assert torch.equal(routed.answers_iterated, ~depth1.correct)
+
+
+def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
+    """``run_jobs`` refuses a dependency outside the job list, and phases run one at a time."""
+    from tah.repro.twohop import ARM_GATE_JOBS, BASE_JOBS, TAH_JOBS, _jobs, preset
+
+    config = preset("quick").with_overrides(["seeds=[0,1]"])
+    for phase in (BASE_JOBS, ARM_GATE_JOBS, TAH_JOBS):
+        jobs = _jobs(config, tmp_path, phase)
+        names = {job.name for job in jobs}
+        assert len(jobs) == 2 * len(phase)
+        assert all(set(job.deps) <= names for job in jobs)
+    base_jobs = {job.name: job for job in _jobs(config, tmp_path, BASE_JOBS)}
+    assert base_jobs["seed1/base"].deps == ["seed1/shallow"]
