@@ -206,6 +206,13 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert results["complete"]
     assert (tmp_path / "results.md").read_text().count("| seed |") >= 3
     assert (tmp_path / "results.png").stat().st_size > 0
+    # TaH arms trained past a failed gate are labelled; a stopped study has nothing to label.
+    from tah.repro.twohop_report import markdown
+
+    assert not saved["gate"]["passed"] and "exploratory" in markdown(saved)
+    kept = ("standard", "mcnemar_two_hop")
+    stopped = {**saved, "per_seed": {"0": {k: v for k, v in row.items() if k in kept}}}
+    assert "exploratory" not in markdown(stopped)
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
     assert len(stamp) == 7

@@ -11,6 +11,7 @@ from tah.data.twohop import TWO_HOP
 from tah.io import atomic_file, write_json
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
+TAH_ARMS = ("alwaysthink", "tahplus")
 _LABELS = {
     "standard": "Standard ({n}L)",
     "wide": "Standard wide ({n}L, ≥ TaH+ params)",
@@ -199,10 +200,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"(recorded {gate.get('recorded_at', '?')}).",
         "",
     ]
-    if not gate["passed"] and results.get("per_seed"):
+    tah_trained = any(
+        arm in row for row in (results.get("per_seed") or {}).values() for arm in TAH_ARMS
+    )
+    if not gate["passed"] and tah_trained:
         lines += [
             "The TaH arms below were trained although the gate failed (gate not enforced: "
-            "`--quick` or `--set enforce_gate=false`); read them as a smoke test.",
+            "`--set enforce_gate=false`, or `--quick`): read them as exploratory, not as a test "
+            "of TaH's premise (`--quick` numbers mean nothing at all).",
             "",
         ]
     if results.get("stopped"):
