@@ -203,6 +203,14 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         "tahplus_vs_alwaysthink",
     }
     assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
+    split = row["two_hop_by_base_outcome"]
+    assert (
+        split["base_wrong"]["queries"] + split["base_right"]["queries"]
+        == (row["tahplus"]["queries"]["gf"])
+    )
+    # oracle routing leaves the base's right answers at depth 1: there it equals depth 1 alone
+    if split["base_right"]["queries"]:
+        assert split["base_right"]["oracle"] == split["base_right"]["depth1"]
     assert results["complete"]
     assert (tmp_path / "results.md").read_text().count("| seed |") >= 3
     assert (tmp_path / "results.png").stat().st_size > 0

@@ -90,6 +90,8 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
                     _two_hop(runs[first]["test"]), _two_hop(runs[second]["test"])
                 )
         row["mcnemar_two_hop"] = tests
+        if "tahplus" in runs and "base" in runs_by_seed[seed]:
+            row["two_hop_by_base_outcome"] = _by_base_outcome(runs_by_seed[seed]["base"], runs)
         per_seed[str(seed)] = row
     results["per_seed"] = per_seed
     aggregate: dict[str, Any] = {}
@@ -113,6 +115,28 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         and len(finetune) == len(state["config"]["seeds"])
     )
     return results
+
+
+def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """Two-hop accuracy of each TaH+ routing, split by whether the base (the labeller) got the
+    query right: oracle routing iterates exactly the base's wrong answers, so its gain can come
+    from knowing which first guesses are wrong rather than from a second lookup."""
+    base_right = _two_hop(base["test"])
+    outcomes = {
+        "learned": runs["tahplus"]["test"],
+        "oracle": runs["tahplus"]["oracle"],
+        "depth1": runs["tahplus"]["depth1"],
+        "standard": runs.get("standard", {}).get("test"),
+    }
+    out: dict[str, Any] = {}
+    for split, wanted in (("base_right", True), ("base_wrong", False)):
+        out[split] = {"queries": sum(1 for r in base_right if r == wanted)}
+        for name, outcome in outcomes.items():
+            if outcome is None:
+                continue
+            hits = [c for c, r in zip(_two_hop(outcome), base_right, strict=True) if r == wanted]
+            out[split][name] = sum(hits) / len(hits) if hits else None
+    return out
 
 
 def _strip(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +287,28 @@ def markdown(results: dict[str, Any]) -> str:
                     else f"{t['only_first']} / {t['only_second']}, p = {t['p']:.3g}"
                 )
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        split_rows = [
+            (seed, split, row["two_hop_by_base_outcome"][split])
+            for seed, row in sorted(results["per_seed"].items())
+            if "two_hop_by_base_outcome" in row
+            for split in ("base_wrong", "base_right")
+        ]
+        if split_rows:
+            lines += [
+                "",
+                "Two-hop accuracy split by the base's own outcome on the query (oracle routing "
+                "iterates exactly the base's wrong answers, so on base-wrong queries it shows "
+                "what the second pass does, and on base-right ones what depth 1 keeps):",
+                "",
+                "| seed | queries | n | TaH+ oracle | TaH+ learned | TaH+ depth 1 | Standard |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for seed, split, m in split_rows:
+                lines.append(
+                    f"| {seed} | {split.replace('_', ' ')} | {m['queries']} | "
+                    f"{_pct(m.get('oracle'))} | {_pct(m.get('learned'))} | "
+                    f"{_pct(m.get('depth1'))} | {_pct(m.get('standard'))} |"
+                )
         lines += [
             "",
             "## Decider (held-out labels: the base's errors)",
