@@ -127,21 +127,47 @@ def test_gate_rules():
         return {"test": {"accuracy": {"gf": gf, "one_hop": one_hop}}}
 
     ok = {
-        "shallow": run(0.15),
-        "deep": run(0.9),
+        "shallow": run(0.14),
+        "base": run(0.15),
         "standard": run(0.17),
         "wide": run(0.16),
+        "deep": run(0.9),
     }
     assert check_gate({0: ok, 1: ok})["passed"]
-    shallow_not_done = {**ok, "standard": run(0.3)}
-    assert not check_gate({0: ok, 1: shallow_not_done})["passed"]
+    base_not_done = {**ok, "standard": run(0.3)}
+    assert not check_gate({0: ok, 1: base_not_done})["passed"]
     wide_helps = {**ok, "wide": run(0.4)}
     assert not check_gate({0: wide_helps})["passed"]
-    base_at_chance = {"shallow": run(0.12, one_hop=0.12), "deep": run(0.9)}  # arms not run
+    depth_no_help = {**ok, "deep": run(0.3)}
+    verdict = check_gate({0: depth_no_help})
+    assert not verdict["passed"]
+    assert verdict["per_seed"][0]["checks"]["deep_beats_standard"] is False
+    base_at_chance = {"shallow": run(0.12, 0.12), "base": run(0.12, one_hop=0.5)}  # no arms
     verdict = check_gate({0: base_at_chance})
     assert not verdict["passed"]
     assert verdict["per_seed"][0]["checks"]["base_does_one_hop"] is False
     assert verdict["per_seed"][0]["checks"]["wide_no_better"] is None
+
+
+def test_deepen_keeps_the_function_and_doubles_the_depth():
+    from tah.repro.twohop_runs import Shape, deepen, new_standard
+
+    task = TwoHopTask(entities=8, pairs=4, queries=3)
+    base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
+    deep = deepen(base, 4, seed=1).eval()
+    assert deep.config.num_hidden_layers == 4
+    ids = sample_batch(task, 3, torch.Generator().manual_seed(5)).input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(deep(input_ids=ids).logits, base(input_ids=ids).logits)
+    # the new layers are copies of the base's (only their output projections start at zero)
+    new_layer, old_layer = deep.model.layers[2], base.model.layers[0]
+    assert torch.equal(new_layer.self_attn.q_proj.weight, old_layer.self_attn.q_proj.weight)
+    assert not new_layer.mlp.down_proj.weight.any()
+    # ...and they train: one step moves the output away from the base's
+    deep.train()
+    loss = deep(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert new_layer.self_attn.o_proj.weight.grad.abs().sum() > 0
 
 
 def test_quick_study_end_to_end_and_resume(tmp_path):
@@ -153,10 +179,18 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert saved["gate"]["recorded_at"] <= saved["readout"]["registered_at"]
     assert set(saved["gate"]["per_seed"]["0"]["two_hop"]) == {
         "shallow",
-        "deep",
+        "base",
         "standard",
         "wide",
+        "deep",
     }
+    # The quick base never reaches the precondition, so it trains every extra round allowed.
+    rounds = saved["gate_runs"]["0"]["base"]["rounds"]
+    assert [r["round"] for r in rounds] == list(range(config.base_max_rounds + 1))
+    assert saved["gate_runs"]["0"]["base"]["steps"] == (
+        config.base_steps + config.base_max_rounds * config.base_round_steps
+    )
+    assert saved["gate_runs"]["0"]["deep"]["layers"] == config.deep_layers
     row = saved["per_seed"]["0"]
     for arm in ("standard", "wide", "alwaysthink", "tahplus", "oracle", "depth1"):
         assert 0.0 <= row[arm]["accuracy"]["gf"] <= 1.0
@@ -174,7 +208,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 0
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
-    assert len(stamp) == 6
+    assert len(stamp) == 7
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
     # ...and refuses to mix runs made with other settings into the same folder.
@@ -229,3 +263,17 @@ def test_routing_modes_of_a_tah_model():
     routed = predict(tah_forward(oracle, labeller=base), task, batches)
     # oracle routing iterates exactly the answers the labeller (here: the base) gets wrong
     assert torch.equal(routed.answers_iterated, ~depth1.correct)
+
+
+def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
+    """``run_jobs`` refuses a dependency outside the job list, and phases run one at a time."""
+    from tah.repro.twohop import ARM_GATE_JOBS, BASE_JOBS, TAH_JOBS, _jobs, preset
+
+    config = preset("quick").with_overrides(["seeds=[0,1]"])
+    for phase in (BASE_JOBS, ARM_GATE_JOBS, TAH_JOBS):
+        jobs = _jobs(config, tmp_path, phase)
+        names = {job.name for job in jobs}
+        assert len(jobs) == 2 * len(phase)
+        assert all(set(job.deps) <= names for job in jobs)
+    base_jobs = {job.name: job for job in _jobs(config, tmp_path, BASE_JOBS)}
+    assert base_jobs["seed1/base"].deps == ["seed1/shallow"]

@@ -1,4 +1,4 @@
-"""The two-hop lookup task: one-hop queries a 2-layer model can answer, two-hop ones it cannot.
+"""The two-hop lookup task: one-hop queries a shallow model answers, two-hop ones it cannot.
 
 Each problem is one sequence of single-token words::
 
@@ -17,7 +17,8 @@ of the K values of G, and nothing but composing the two lookups points at the ri
 best query-blind guess scores 1/K (see :func:`shortcut_accuracy`).
 
 Why it is depth-bound: a lookup needs two attention layers (one to bind each value to the key
-before it, one to find the key), so two lookups in a row need about four. TaH's second pass can
+before it, one to find the key), so two lookups in a row need about four. (Trained, the depths
+that learn are higher: see :mod:`tah.repro.twohop`.) TaH's second pass can
 supply the second lookup if the first pass's guess at a two-hop answer is the intermediate
 ``F(x)``: the deeper pass starts from that token's (soft) embedding.
 

@@ -1,24 +1,39 @@
 """``tah repro twohop``: a depth-bound task where extra depth on a few tokens should matter.
 
 The task (:mod:`tah.data.twohop`): two shuffled lookup tables and queries that need one lookup
-(``f x``, ``g y``) or two (``gf x``, about a third). A lookup takes about two attention layers, so
-a 2-layer model answers one-hop queries and guesses two-hop ones; a 4-layer model answers both.
+(``f x``, ``g y``) or two (``gf x``, about a third). A lookup takes at least two attention layers,
+so two lookups in a row take more depth than one. Measured (``docs/repro-twohop/NOTES.md``): a
+2-layer Qwen3 at hidden 64 does not learn even one lookup within 12000 steps, while a 4-layer one
+learns both lookups and stays at chance on their composition; so the default base has 4 layers
+and the deeper Standard control 8 (``shallow_layers`` / ``deep_layers``).
 
 Order of the study, per seed (seeds 0, 1, 2):
 
-1. **Gate** (Standard models only, on one problem stream): a 2-layer ``shallow`` and a 4-layer
-   ``deep`` trained from scratch for S steps; then, from the shallow model, ``standard`` (F more
-   steps) and ``wide`` (the shallow model with a wider MLP, the same function at start and >=
-   TaH+'s parameters, F more steps). The gate (:data:`GATE`) must hold on every seed before any
-   TaH model is trained; the verdict is written into ``results.json`` first. The two fine-tuned
-   Standard models double as the Standard arms of step 3 (they are not TaH models, and reusing
-   them keeps the study within a CPU budget).
-2. **Readout, fixed in advance** (:data:`READOUT`): written into ``results.json`` before the
+1. **Base** (Standard only): ``shallow`` is trained from scratch for S steps; ``base`` is that
+   model, trained on in rounds of E steps (a fresh warmup + cosine each) while its one-hop
+   accuracy on *validation* problems stays under the gate's precondition, at most R rounds
+   ("trained to convergence", judged on validation only). The base is the starting model of
+   every arm and the labeller (hard token = answer it gets wrong).
+2. **Gate** (Standard models only, on one problem stream, F steps each from the base):
+   ``standard`` (the base trained on), ``wide`` (a wider MLP, the same function at start and >=
+   TaH+'s parameters) and ``deep`` (the base followed by a copy of its own layers whose output
+   projections start at zero: the same function at start, twice the depth). The gate
+   (:data:`GATE`) must hold on every seed before any TaH model is trained; the verdict is written
+   into ``results.json`` first. ``standard`` and ``wide`` double as the Standard arms of step 4
+   (they are not TaH models, and reusing them keeps the study within a CPU budget).
+3. **Readout, fixed in advance** (:data:`READOUT`): written into ``results.json`` before the
    first TaH job starts.
-3. **TaH arms, fine-tuned from the shallow model** (the base: starting point of every arm and
-   the labeller: hard token = answer it gets wrong), F steps on the same problem stream as
-   ``standard`` and ``wide``: TaH+ (stage 1: backbone + LoRA under oracle routing; stage 2: the
-   decider alone, D steps) and AlwaysThink (every token runs depth 2, in training and at test).
+4. **TaH arms, fine-tuned from the base** for F steps on the same problem stream as
+   ``standard``, ``wide`` and ``deep``: TaH+ (stage 1: backbone + LoRA under oracle routing;
+   stage 2: the decider alone, D steps) and AlwaysThink (every token runs depth 2, in training
+   and at test).
+
+Why the deep control grows from the base instead of training from scratch: from scratch, how
+many steps a model takes to learn its first lookup varies from seed to seed and grows with depth
+(an 8-layer model was still at chance on one-hop queries after 6000 of 12000 steps, where the
+4-layer ones had learned both lookups), so a from-scratch deep model measures that plateau, not
+what depth buys. Grown from the base, it gets exactly what TaH gets: the trained base, more
+depth for the answer, and F steps.
 
 Every job writes ``result.json`` when it finishes, so a rerun skips finished jobs.
 """
@@ -36,23 +51,26 @@ from tah.data.twohop import TwoHopTask
 from tah.errors import ConfigError
 from tah.io import write_json
 
-SCRATCH_JOBS = ("shallow", "deep")  # trained from scratch
-GATE_JOBS = (*SCRATCH_JOBS, "standard", "wide")  # Standard models only
+BASE_JOBS = ("shallow", "base")  # from scratch, then trained on to convergence
+ARM_GATE_JOBS = ("standard", "wide", "deep")  # Standard models fine-tuned from the base
+GATE_JOBS = (*BASE_JOBS, *ARM_GATE_JOBS)
 TAH_JOBS = ("tahplus", "alwaysthink")
 
-#: The gate, fixed before any run (issue 11). Accuracies in points on held-out two-hop queries.
+#: The gate, fixed before any TaH model is trained (issue 11). Accuracies in points on held-out
+#: test queries, every seed. History: the first version compared a 2x deeper model trained from
+#: scratch with the shallow one; that deep model measured how long a model takes to learn its
+#: first lookup (see the module docstring), so it now grows from the base like every arm.
 GATE = {
     "metric": "two-hop query accuracy on the held-out test problems, per seed",
-    # Precondition (added after the first full run, whose 2-layer base stayed at chance on
-    # one-hop queries after 6000 steps): the base must do one lookup, or it is neither a
-    # converged starting model nor a meaningful labeller. Checked on one-hop test accuracy.
+    # Precondition: the base does one lookup, or it is neither a converged starting model nor a
+    # meaningful labeller. Checked on one-hop test accuracy (and used, on validation problems,
+    # to decide whether the base trains another round).
     "base_one_hop_min": 90.0,
-    # deep (4 layers, S steps) beats shallow (2 layers, S steps) by >= 20 points on every seed
-    "deep_minus_shallow_min": 20.0,
-    # standard (shallow + F more steps) moves by <= 5 points: shallow is at its plateau. The
-    # issue asks for 2x the steps; with the default S = 6000, F = 2000 this is 1.33x (CPU budget).
+    # deep (the base at 2x depth, + F steps) beats standard (the base + F steps) by >= 20 points
+    "deep_minus_standard_min": 20.0,
+    # standard (base + F more steps) moves by <= 5 points: the base is at its plateau
     "more_steps_change_max": 5.0,
-    # wide (shallow widened, + F steps) beats standard (+ F steps) by <= 5 points
+    # wide (base widened, + F steps) beats standard (+ F steps) by <= 5 points
     "wide_minus_standard_max": 5.0,
 }
 
@@ -85,9 +103,13 @@ class TwoHopConfig:
     kv_heads: int = 2
     family: str = "qwen3"  # or "llama" (no per-head query/key norm)
     init_std: float = 0.02
-    shallow_layers: int = 2
-    deep_layers: int = 4
-    base_steps: int = 6000  # S
+    # A 2-layer base did not learn a lookup within 12000 steps; 4 layers learn both lookups by
+    # step ~5000 of a 12000-step schedule and do not compose them (docs/repro-twohop/NOTES.md).
+    shallow_layers: int = 4
+    deep_layers: int = 8  # the deep control: the base grown to this depth
+    base_steps: int = 12000  # S
+    base_round_steps: int = 4000  # E: one more round for a base not yet at the precondition
+    base_max_rounds: int = 2  # R
     finetune_steps: int = 2000  # F
     decider_steps: int = 500  # D (stage 2)
     batch: int = 32
@@ -101,16 +123,23 @@ class TwoHopConfig:
     test_problems: int = 1000
     val_problems: int = 500
     curve_problems: int = 100  # validation problems of the gate runs' learning curves
-    curve_every: int = 500
+    curve_every: int = 1000
     enforce_gate: bool = True
     workers: int = 2
     threads: int = 1
 
     def __post_init__(self) -> None:
         _ = self.task_spec  # validates the task
-        for name in ("base_steps", "finetune_steps", "decider_steps", "batch"):
+        for name in ("base_steps", "base_round_steps", "finetune_steps", "decider_steps", "batch"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"twohop setting {name} must be >= 1")
+        if int(self.base_max_rounds) < 0:
+            raise ConfigError("twohop setting base_max_rounds must be >= 0")
+        if int(self.deep_layers) <= int(self.shallow_layers):
+            raise ConfigError(
+                f"twohop: deep_layers ({self.deep_layers}) must exceed shallow_layers "
+                f"({self.shallow_layers})"
+            )
         if not self.seeds:
             raise ConfigError("twohop: seeds is empty; give e.g. --seeds 0,1,2")
 
@@ -161,7 +190,10 @@ def preset(name: str) -> TwoHopConfig:
             seeds=[0],
             hidden=32,
             intermediate=64,
+            shallow_layers=2,
+            deep_layers=4,
             base_steps=12,
+            base_round_steps=4,
             finetune_steps=8,
             decider_steps=6,
             batch=8,
@@ -193,14 +225,16 @@ def _progress_reader(path: Path):
 
 
 def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
+    """The jobs of one phase; dependencies only within the phase (phases run in order)."""
     from tah.repro.jobs import Job
 
-    # Ready jobs start largest cost first: the base (``shallow``) first, since every arm needs it.
-    cost = {"shallow": 9.0, "deep": 2.0, "tahplus": 3.0, "alwaysthink": 2.5, "wide": 1.3}
+    # Ready jobs start largest cost first.
+    cost = {"shallow": 9.0, "base": 3.0, "deep": 2.0, "tahplus": 3.0, "alwaysthink": 2.5}
     jobs = []
     for seed in config.seeds:
         for name in names:
             where = job_dir(out, seed, name)
+            deps = [f"seed{seed}/shallow"] if name == "base" and "shallow" in names else []
             jobs.append(
                 Job(
                     name=f"seed{seed}/{name}",
@@ -209,13 +243,10 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
                         "tah.repro.twohop_jobs:run_job",
                         {"config": config.to_dict(), "out": str(out), "seed": seed, "name": name},
                     ),
-                    # within a phase, fine-tuning waits for the base; phases order the rest
-                    deps=[]
-                    if name in SCRATCH_JOBS or name in TAH_JOBS
-                    else [f"seed{seed}/shallow"],
+                    deps=deps,
                     done=where / "result.json",
                     progress=_progress_reader(where / "progress.json"),
-                    cost=cost.get(name, 1.0),
+                    cost=cost.get(name, 1.3),
                 )
             )
     return jobs
@@ -231,40 +262,41 @@ def _load_results(out: Path, config: TwoHopConfig, names: tuple[str, ...]) -> di
     return results
 
 
+def _seed_checks(acc: dict[str, float | None], one: dict[str, float | None]) -> dict:
+    """One seed's gate checks; None where a run it needs did not run."""
+    have = {name for name, value in acc.items() if value is not None}
+
+    def check(needs: set[str], ok) -> bool | None:
+        return bool(ok()) if needs <= have else None
+
+    return {
+        "base_does_one_hop": check({"base"}, lambda: one["base"] >= GATE["base_one_hop_min"]),
+        "deep_beats_standard": check(
+            {"deep", "standard"},
+            lambda: acc["deep"] - acc["standard"] >= GATE["deep_minus_standard_min"],
+        ),
+        "base_near_plateau": check(
+            {"base", "standard"},
+            lambda: abs(acc["standard"] - acc["base"]) <= GATE["more_steps_change_max"],
+        ),
+        "wide_no_better": check(
+            {"standard", "wide"},
+            lambda: acc["wide"] - acc["standard"] <= GATE["wide_minus_standard_max"],
+        ),
+    }
+
+
 def check_gate(gate_results: dict[int, dict]) -> dict[str, Any]:
-    """The gate verdict from the Standard runs (points of two-hop test accuracy)."""
+    """The gate verdict from the Standard runs (points of test accuracy)."""
     per_seed, passed = {}, True
 
     def get(runs: dict, name: str, kind: str) -> float | None:
         return 100 * runs[name]["test"]["accuracy"][kind] if name in runs else None
 
-    def rule(ok: bool | None) -> bool | None:
-        return ok  # None: the runs it needs were not run
-
     for seed, runs in sorted(gate_results.items()):
         acc = {name: get(runs, name, "gf") for name in GATE_JOBS}
         one = {name: get(runs, name, "one_hop") for name in GATE_JOBS}
-        have = {name for name, value in acc.items() if value is not None}
-        checks = {
-            "base_does_one_hop": rule(
-                None if "shallow" not in have else one["shallow"] >= GATE["base_one_hop_min"]
-            ),
-            "deep_beats_shallow": rule(
-                None
-                if not {"shallow", "deep"} <= have
-                else acc["deep"] - acc["shallow"] >= GATE["deep_minus_shallow_min"]
-            ),
-            "shallow_near_plateau": rule(
-                None
-                if not {"shallow", "standard"} <= have
-                else abs(acc["standard"] - acc["shallow"]) <= GATE["more_steps_change_max"]
-            ),
-            "wide_no_better": rule(
-                None
-                if not {"standard", "wide"} <= have
-                else acc["wide"] - acc["standard"] <= GATE["wide_minus_standard_max"]
-            ),
-        }
+        checks = _seed_checks(acc, one)
         passed &= all(v is True for v in checks.values())
         per_seed[seed] = {"two_hop": acc, "one_hop": one, "checks": checks}
     return {"rules": GATE, "per_seed": per_seed, "passed": bool(passed and per_seed)}
@@ -294,11 +326,11 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
         if not result.skipped:
             state["timings"][result.name] = {"wall_s": result.wall_s, "cpu_s": result.cpu_s}
 
-    _run(_jobs(config, out, SCRATCH_JOBS), config, show_progress, finished)
-    scratch = check_gate(_load_results(out, config, SCRATCH_JOBS))
-    bases_ok = all(row["checks"]["base_does_one_hop"] for row in scratch["per_seed"].values())
+    _run(_jobs(config, out, BASE_JOBS), config, show_progress, finished)
+    bases = check_gate(_load_results(out, config, BASE_JOBS))
+    bases_ok = all(row["checks"]["base_does_one_hop"] for row in bases["per_seed"].values())
     if bases_ok or not config.enforce_gate:
-        _run(_jobs(config, out, GATE_JOBS[2:]), config, show_progress, finished)
+        _run(_jobs(config, out, ARM_GATE_JOBS), config, show_progress, finished)
     gate = check_gate(_load_results(out, config, GATE_JOBS))
     gate["recorded_at"] = _now()
     gate["enforced"] = config.enforce_gate

@@ -15,13 +15,14 @@ import torch
 
 from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop import SCRATCH_JOBS, TAH_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop import GATE, TAH_JOBS, TwoHopConfig, job_dir
 from tah.repro.twohop_runs import (
     Predictions,
     Shape,
     TrainSettings,
     count_parameters,
     decider_scores,
+    deepen,
     eval_batches,
     new_standard,
     new_tah,
@@ -38,6 +39,7 @@ from tah.repro.twohop_runs import (
 
 # Disjoint problem streams: training rows, validation and test problems never share a seed.
 TEST_SEED, VAL_SEED, GATE_STREAM, FINETUNE_STREAM, DECIDER_STREAM = 10**6, 2 * 10**6, 0, 1, 2
+BASE_ROUND_STREAM = 10  # round k of the base trains on stream BASE_ROUND_STREAM + k
 
 
 def _stream(seed: int, which: int) -> int:
@@ -101,7 +103,7 @@ def tahplus_parameters(config: TwoHopConfig) -> int:
 
 
 def wide_intermediate(config: TwoHopConfig) -> int:
-    """The smallest MLP width (multiple of 16) giving a 2-layer Standard >= TaH+'s parameters."""
+    """The smallest MLP width (multiple of 16) giving a base-depth Standard >= TaH+'s parameters."""
     target = tahplus_parameters(config)
     task = config.task_spec
     width = config.intermediate
@@ -117,19 +119,18 @@ def run_job(config: dict[str, Any], out: str, seed: int, name: str) -> dict[str,
     where = job_dir(Path(out), seed, name)
     where.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = (_scratch_job if name in SCRATCH_JOBS else _finetune_job)(
-        cfg, Path(out), seed, name, where
-    )
+    job = {"shallow": _scratch_job, "base": _base_job}.get(name, _finetune_job)
+    result = job(cfg, Path(out), seed, name, where)
     result["wall_s"] = time.perf_counter() - started
     result["shortcut_two_hop_accuracy"] = shortcut_accuracy(cfg.task_spec)
     write_json(where / "result.json", result)
     return {"name": name, "seed": seed}
 
 
-# ------------------------------------------------------------------ from scratch (Standard only)
+# ------------------------------------------------------------------ the base (Standard only)
 def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
     task = cfg.task_spec
-    layers = cfg.deep_layers if name == "deep" else cfg.shallow_layers
+    layers = cfg.shallow_layers
     width, steps = cfg.intermediate, cfg.base_steps
     model = new_standard(task, _shape(cfg, layers, width), seed)
     model.train()
@@ -155,8 +156,7 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
         probe_every=cfg.curve_every,
     )
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
-    if name == "shallow":  # the base: starting model and labeller of the fine-tuning arms
-        _save_standard(model, build_tokenizer(task), where / "model")
+    _save_standard(model, build_tokenizer(task), where / "model")
     return {
         "kind": "scratch",
         "layers": layers,
@@ -169,13 +169,53 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
     }
 
 
+def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
+    """The shallow model, trained on in rounds while it misses the one-hop precondition on
+    validation problems (never the test problems): the starting model of every arm."""
+    task = cfg.task_spec
+    model = _load_standard(job_dir(out, seed, "shallow") / "model")
+    val = eval_batches(task, cfg.val_problems, VAL_SEED)
+    report = _Reporter(where / "progress.json", max(1, cfg.base_round_steps * cfg.base_max_rounds))
+
+    def one_hop() -> float:
+        return predict(standard_forward(model), task, val).summary()["accuracy"]["one_hop"]
+
+    rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop()}]
+    while (
+        100 * rounds[-1]["validation_one_hop"] < GATE["base_one_hop_min"]
+        and len(rounds) <= cfg.base_max_rounds
+    ):
+        k = len(rounds)
+        model.train()
+        settings = TrainSettings(
+            steps=cfg.base_round_steps,
+            batch=cfg.batch,
+            lr=cfg.lr,
+            data_seed=_stream(seed, BASE_ROUND_STREAM + k),
+        )
+        train_loop(list(model.parameters()), standard_loss(model), task, settings, report)
+        rounds.append({"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop()})
+        print(f"round {k}: validation one-hop {rounds[-1]['validation_one_hop']:.3f}", flush=True)
+    test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
+    _save_standard(model, build_tokenizer(task), where / "model")
+    return {
+        "kind": "base",
+        "layers": cfg.shallow_layers,
+        "intermediate": cfg.intermediate,
+        "steps": sum(r["steps"] for r in rounds),
+        "rounds": rounds,
+        "parameters": count_parameters(model),
+        "test": _outcome(test),
+    }
+
+
 # ------------------------------------------------------------------ fine-tuning arms
 def _finetune_job(
     cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
 ) -> dict[str, Any]:
     task = cfg.task_spec
-    base = _load_standard(job_dir(out, seed, "shallow") / "model")
-    labeller = _load_standard(job_dir(out, seed, "shallow") / "model").eval()
+    base = _load_standard(job_dir(out, seed, "base") / "model")
+    labeller = _load_standard(job_dir(out, seed, "base") / "model").eval()
     for p in labeller.parameters():
         p.requires_grad_(False)
     settings = TrainSettings(
@@ -194,15 +234,18 @@ def _finetune_job(
             k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
         } | {"seeds": sorted(state["gate"]["per_seed"])}
 
-    if name in ("standard", "wide"):
+    if name in ("standard", "wide", "deep"):
         model = base
         if name == "wide":
             model = widen(base, wide_intermediate(cfg), seed)
+        elif name == "deep":
+            model = deepen(base, cfg.deep_layers, seed)
         model.train()
         log = train_loop(list(model.parameters()), standard_loss(model), task, settings, report)
         result["test"] = _outcome(predict(standard_forward(model), task, test_batches))
         result |= {"parameters": count_parameters(model), "train_loss": log.losses}
         result["intermediate"] = model.config.intermediate_size
+        result["layers"] = model.config.num_hidden_layers
         return result
 
     # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2).

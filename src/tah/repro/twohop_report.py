@@ -11,14 +11,21 @@ from tah.data.twohop import TWO_HOP
 from tah.io import atomic_file, write_json
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
-LABELS = {
-    "standard": "Standard (2L)",
-    "wide": "Standard wide (2L, ≥ TaH+ params)",
-    "alwaysthink": "AlwaysThink (2L, all tokens depth 2)",
-    "tahplus": "TaH+ (2L, learned decider, τ fixed)",
+_LABELS = {
+    "standard": "Standard ({n}L)",
+    "wide": "Standard wide ({n}L, ≥ TaH+ params)",
+    "alwaysthink": "AlwaysThink ({n}L, all tokens depth 2)",
+    "tahplus": "TaH+ ({n}L, learned decider, τ fixed)",
     "oracle": "TaH+ oracle routing",
     "depth1": "TaH+ depth 1 only",
 }
+
+
+def labels(config: dict[str, Any]) -> dict[str, str]:
+    """Arm names with the base's depth (``shallow_layers``) filled in."""
+    return {arm: text.format(n=config["shallow_layers"]) for arm, text in _LABELS.items()}
+
+
 COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
 
 
@@ -56,7 +63,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         str(seed): {
             name: {k: v for k, v in run.items() if k != "test"} | {"test": _strip(run["test"])}
             for name, run in runs.items()
-            if name in ("shallow", "deep")
+            if name in ("shallow", "base", "deep")
         }
         for seed, runs in runs_by_seed.items()
     }
@@ -94,6 +101,9 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
             "one_hop": mean_std([100 * r["accuracy"]["one_hop"] for r in rows]),
             "share_tokens_iterating": mean_std([100 * r["share_tokens_iterating"] for r in rows]),
             "share_answers_iterating": mean_std([100 * r["share_answers_iterating"] for r in rows]),
+            "two_hop_predicted_intermediate": mean_std(
+                [100 * r.get("two_hop_predicted_intermediate", math.nan) for r in rows]
+            ),
         }
     results["aggregate"] = aggregate
     results["complete"] = (
@@ -125,6 +135,7 @@ def _pct(x: float | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     cfg, gate = results["config"], results["gate"]
+    shallow, deep, names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
     lines = [
         "# `tah repro twohop` results",
         "",
@@ -135,16 +146,22 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Gate (Standard models only, recorded before any TaH model was trained)",
         "",
-        f"Rules: the base answers ≥ {gate['rules']['base_one_hop_min']} % of one-hop queries "
-        "(precondition, added after the first full run); "
-        f"deep − shallow ≥ {gate['rules']['deep_minus_shallow_min']} points; "
-        f"|Standard (shallow + F steps) − shallow| ≤ {gate['rules']['more_steps_change_max']}; "
-        f"wide (+ F) − Standard (+ F) ≤ {gate['rules']['wide_minus_standard_max']} (two-hop "
-        f"accuracy, every seed). From scratch: S = {cfg['base_steps']} steps, lr {cfg['lr']}, "
-        f"batch {cfg['batch']}; then F = {cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}.",
+        f"The base: {shallow} layers trained from scratch for S = {cfg['base_steps']} steps (lr "
+        f"{cfg['lr']}, batch {cfg['batch']}), then up to {cfg['base_max_rounds']} more rounds of "
+        f"{cfg['base_round_steps']} steps while its one-hop accuracy on validation problems is "
+        f"under {gate['rules']['base_one_hop_min']} %. Every other model starts from the base and "
+        f"trains F = {cfg['finetune_steps']} steps (lr {cfg['finetune_lr']}) on the same rows: "
+        f"Standard, wide (≥ TaH+'s parameters) and deep (the base grown to {deep} layers, the "
+        "new layers' output projections starting at zero).",
         "",
-        "| seed | shallow 2L (S) | deep 4L (S) | Standard 2L (S + F) | wide 2L (S + F) "
-        "| one-hop (2L / 4L) | checks |",
+        f"Rules (every seed): the base answers ≥ {gate['rules']['base_one_hop_min']} % of "
+        "one-hop test queries; on two-hop test queries, deep − Standard ≥ "
+        f"{gate['rules']['deep_minus_standard_min']} points, |Standard − base| ≤ "
+        f"{gate['rules']['more_steps_change_max']} and wide − Standard ≤ "
+        f"{gate['rules']['wide_minus_standard_max']}.",
+        "",
+        f"| seed | base {shallow}L | Standard {shallow}L (+ F) | wide {shallow}L (+ F) "
+        f"| deep {deep}L (+ F) | one-hop (base / deep) | checks |",
         "|---|---|---|---|---|---|---|",
     ]
     for seed, row in sorted(gate["per_seed"].items()):
@@ -152,24 +169,29 @@ def markdown(results: dict[str, Any]) -> str:
         mark = {True: "✓", False: "✗", None: "not run"}
         ok = ", ".join(f"{k} {mark[v]}" for k, v in row["checks"].items())
         lines.append(
-            f"| {seed} | {_num(a['shallow'])} | {_num(a['deep'])} | {_num(a['standard'])} | "
-            f"{_num(a['wide'])} | {_num(o['shallow'])} / {_num(o['deep'])} | {ok} |"
+            f"| {seed} | {_num(a.get('base'))} | {_num(a.get('standard'))} | "
+            f"{_num(a.get('wide'))} | {_num(a.get('deep'))} | {_num(o.get('base'))} / "
+            f"{_num(o.get('deep'))} | {ok} |"
         )
     lines += [
         "",
-        "Runs from scratch, by query kind (f and g: one lookup; gf: two), with the job's wall "
-        "time:",
+        "Standard-only runs by query kind (f and g: one lookup; gf: two), with the job's wall "
+        "time (base rounds: validation one-hop accuracy after each):",
         "",
-        "| seed | model | params | steps | f | g | gf | wall (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | model | params | steps | f | g | gf | gf answered F(x) | wall (s) | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, runs in sorted(results.get("gate_runs", {}).items()):
         for name, run in runs.items():
             acc = run["test"]["accuracy"]
+            rounds = " → ".join(
+                f"{100 * r['validation_one_hop']:.1f}" for r in run.get("rounds", [])
+            )
             lines.append(
-                f"| {seed} | {name} ({run['layers']}L) | {run['parameters']:,} | {run['steps']} | "
-                f"{_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
-                f"{run.get('wall_s', float('nan')):.0f} |"
+                f"| {seed} | {name} ({run.get('layers', '?')}L) | {run['parameters']:,} | "
+                f"{run['steps']} | {_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
+                f"{_pct(run['test'].get('two_hop_predicted_intermediate'))} | "
+                f"{run.get('wall_s', float('nan')):.0f} | {rounds or '–'} |"
             )
     lines += [
         "",
@@ -199,20 +221,26 @@ def markdown(results: dict[str, Any]) -> str:
     agg = results.get("aggregate") or {}
     if agg:
         lines += [
-            "## Fine-tuning from the 2-layer base "
+            f"## Fine-tuning from the {shallow}-layer base "
             f"({cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}, identical rows)",
             "",
-            "| model | two-hop | one-hop | tokens at depth 2 (%) | answers at depth 2 (%) |",
-            "|---|---|---|---|---|",
+            "| model | two-hop | one-hop | tokens at depth 2 (%) | answers at depth 2 (%) "
+            "| two-hop answered F(x) (%) |",
+            "|---|---|---|---|---|---|",
         ]
         for arm in (*ARMS, "oracle", "depth1"):
             if arm in agg:
                 s = agg[arm]
                 lines.append(
-                    f"| {LABELS[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
-                    f"{_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} |"
+                    f"| {names[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
+                    f"{_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} | "
+                    f"{_pm(s.get('two_hop_predicted_intermediate'))} |"
                 )
         lines += [
+            "",
+            "The last column is how often a two-hop answer is the intermediate F(x); on TaH+'s "
+            "depth 1 alone it shows whether the first pass hands the second pass the token its "
+            "second lookup needs.",
             "",
             "Paired exact McNemar on two-hop test queries (first right only / "
             "second right only, p):",
@@ -283,8 +311,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cfg = results["config"]
+    shallow, deep, arm_names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
     fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
-    styles = {"shallow": "C0", "deep": "C2"}
+    styles = {"shallow": "C0", "base": "C0", "deep": "C2"}
     for seed, runs in sorted(results.get("gate_runs", {}).items()):
         for name, run in runs.items():
             curve = run.get("validation_curve") or []
@@ -294,13 +324,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax_curve.plot(
                     steps,
                     [100 * c["two_hop"] for c in curve],
-                    color=styles[name],
+                    color=styles.get(name, "C7"),
                     label=f"{name} two-hop" if first else None,
                 )
                 ax_curve.plot(
                     steps,
                     [100 * c["one_hop"] for c in curve],
-                    color=styles[name],
+                    color=styles.get(name, "C7"),
                     ls="--",
                     label=f"{name} one-hop" if first else None,
                 )
@@ -309,15 +339,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_curve.set_title("Gate runs: learning curves")
     ax_curve.legend(fontsize=7)
     gate = results["gate"]["per_seed"]
-    names = ("shallow", "deep", "standard", "wide")
+    names = ("base", "standard", "wide", "deep")
     for i, name in enumerate(names):
-        values = [row["two_hop"][name] for row in gate.values() if row["two_hop"][name] is not None]
+        values = [row["two_hop"].get(name) for row in gate.values()]
+        values = [v for v in values if v is not None]
         if not values:
             continue
         ax_gate.bar(i, sum(values) / len(values), color="C0" if name != "deep" else "C2")
         ax_gate.scatter([i] * len(values), values, color="k", s=10, zorder=3)
     ax_gate.axhline(100 / results["task"]["pairs"], color="grey", ls=":", label="query-blind")
-    ax_gate.set_xticks(range(len(names)), ["2L (S)", "4L (S)", "2L (S + F)", "2L wide (S + F)"])
+    ax_gate.set_xticks(
+        range(len(names)),
+        [f"base {shallow}L", f"{shallow}L + F", f"{shallow}L wide + F", f"{deep}L grown + F"],
+    )
     ax_gate.set_ylabel("two-hop accuracy (%)")
     ax_gate.set_title("Gate: Standard models only")
     ax_gate.legend(loc="upper left", fontsize=8)
@@ -349,7 +383,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     color=color,
                     marker=marker,
                     s=40,
-                    label=LABELS[arm] if seed == min(results["per_seed"]) else None,
+                    label=arm_names[arm] if seed == min(results["per_seed"]) else None,
                 )
     ax_share.set_xlabel("tokens running depth 2 (%)")
     ax_share.set_ylabel("two-hop accuracy (%)")

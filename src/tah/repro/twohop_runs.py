@@ -1,7 +1,7 @@
 """Training and evaluation of one model of the two-hop study (see :mod:`tah.repro.twohop`).
 
 Why an in-process loop instead of ``tah train``: every step draws fresh problems from the
-generator (no dataset on disk can hold them), and a 2-layer model takes ~30 ms a step, so the
+generator (no dataset on disk can hold them), and a 4-layer model takes ~70 ms a step, so the
 per-step work of the general trainer would dominate. The models and the losses are the library's:
 the Standard arms are plain Hugging Face Qwen3 models trained with
 :func:`tah.training.losses.next_token_ce_sum`; TaH+ and AlwaysThink are
@@ -112,6 +112,40 @@ def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
             else:  # pragma: no cover - Llama/Qwen3 have no other widened tensor
                 raise AssertionError(f"unexpected shape change in {name}")
     return wide
+
+
+def deepen(model: nn.Module, layers: int, seed: int) -> nn.Module:
+    """A copy of ``model`` grown to ``layers`` layers that computes exactly the same function.
+
+    New layer ``i`` starts as a copy of layer ``i mod L`` (its attention and MLP weights are the
+    base's own lookup machinery) with its attention output and MLP down projections zeroed, so
+    every new layer adds nothing to the residual stream until training moves it.
+    """
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    old = config.num_hidden_layers
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i % old] for i in range(layers)]
+    torch.manual_seed(seed)
+    deep = AutoModelForCausalLM.from_config(config).float()
+    state = model.state_dict()
+    grown = {}
+    for name in deep.state_dict():
+        if ".layers." not in name:
+            grown[name] = state[name].clone()
+            continue
+        prefix, rest = name.split(".layers.", 1)
+        index, tail = rest.split(".", 1)
+        source = state[f"{prefix}.layers.{int(index) % old}.{tail}"].clone()
+        if int(index) >= old and tail.endswith(("o_proj.weight", "down_proj.weight")):
+            source.zero_()
+        grown[name] = source
+    deep.load_state_dict(grown)
+    return deep
 
 
 def tah_config(decider: str, lora_r: int, decider_hidden: int, layers: int = 2) -> Any:
@@ -272,6 +306,7 @@ class Predictions:
     answers_iterated: torch.Tensor  # (N,) bool: the answer-predicting token ran depth 2
     tokens_iterated: float  # share of all tokens that ran depth 2
     predicted: torch.Tensor  # (N,) predicted token ids
+    intermediates: torch.Tensor  # (N,) F(x) of two-hop queries, -1 for one-hop ones
 
     def accuracy(self, kind: int | None = None) -> float:
         mask = torch.ones_like(self.correct) if kind is None else self.kinds == kind
@@ -285,6 +320,12 @@ class Predictions:
             "share_answers_iterating": float(self.answers_iterated.float().mean()),
             "share_two_hop_answers_iterating": float(self.answers_iterated[two].float().mean()),
             "share_tokens_iterating": self.tokens_iterated,
+            # How often a two-hop answer is the intermediate F(x) instead of G(F(x)): read on a
+            # TaH model's depth 1 alone, it says whether the first pass hands the second pass
+            # the token the second lookup needs (the mechanism TaH's soft embedding relies on).
+            "two_hop_predicted_intermediate": float(
+                (self.predicted[two] == self.intermediates[two]).float().mean()
+            ),
             "queries": {kind: int((self.kinds == i).sum()) for i, kind in enumerate(KINDS)},
         }
 
@@ -298,7 +339,7 @@ def predict(
     """``forward`` returns (logits, iteration counts or None); answers are read teacher-forced
     (the earlier queries' gold answers are in context, as in training)."""
     where = task.answer_positions() - 1
-    kinds, correct, iterated, predicted = [], [], [], []
+    kinds, correct, iterated, predicted, intermediates = [], [], [], [], []
     deep, total = 0.0, 0
     for batch in batches:
         logits, counts = forward(batch)
@@ -306,6 +347,7 @@ def predict(
         predicted.append(guess.flatten())
         correct.append((guess == batch.answers).flatten())
         kinds.append(batch.kinds.flatten())
+        intermediates.append(batch.intermediates.flatten())
         if counts is None:
             iterated.append(torch.zeros_like(guess, dtype=torch.bool).flatten())
         else:
@@ -318,6 +360,7 @@ def predict(
         torch.cat(iterated),
         deep / total,
         torch.cat(predicted),
+        torch.cat(intermediates),
     )
 
 
