@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tah.engine.model import CompactDecoder, LoraGroup, LoraPair
+from tah.engine.lora import LoraGroup, LoraPair
+from tah.engine.model import CompactDecoder
 from tah.engine.step import lora_tokens, runs_of
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from tah.cli import main
 from tah.evaluation.backend_base import Backend, Generation, iter_summary
-from tah.evaluation.runner import PROMPT_TOO_LONG, _generate_within_context
 from tah.evaluation.sampling import SamplingParams
 from tah.evaluation.store import RunDir
+from tah.evaluation.workers import PROMPT_TOO_LONG, generate_within_context
 from tah.model.loading import bundled_model_path
 from test_eval_helpers import one_thread, write_jsonl
 
@@ -112,7 +112,7 @@ def test_a_rows_budget_does_not_depend_on_its_neighbours():
     backend = _RecordingBackend()
     prompts = [[1] * 3, [1] * 8, [1] * 12, [1] * 2]
     batch = [{"seed": i} for i in range(4)]
-    gens = _generate_within_context(backend, prompts, SamplingParams(max_new_tokens=4), batch)
+    gens = generate_within_context(backend, prompts, SamplingParams(max_new_tokens=4), batch)
     assert sorted(backend.calls) == [(1, 2), (2, 4)]  # short rows keep 4, the 8-token row gets 2
     assert [g.finish_reason for g in gens] == ["length", "length", PROMPT_TOO_LONG, "length"]
     assert [g.extra.get("len") for g in gens] == [3, 8, None, 2]  # order preserved
@@ -144,7 +144,7 @@ def test_a_run_folder_is_locked_against_a_second_eval(tmp_path):
 
 
 def test_unknown_hub_model_offline_fails_before_any_output(tmp_path, capsys, monkeypatch):
-    import tah.evaluation.runner as runner
+    import tah.evaluation.workers as workers
     import tah.model.checkpoint as checkpoint
 
     def no_backend(*args, **kwargs):
@@ -152,7 +152,7 @@ def test_unknown_hub_model_offline_fails_before_any_output(tmp_path, capsys, mon
 
     # No network and no offline flag: the hub client would retry for tens of seconds.
     monkeypatch.setattr(checkpoint, "hub_unreachable", lambda: "huggingface.co is not reachable")
-    monkeypatch.setattr(runner, "make_backend", no_backend)
+    monkeypatch.setattr(workers, "make_backend", no_backend)
     data = write_jsonl(tmp_path / "toy.jsonl", [{"problem": "1+1?", "answer": "2"}])
     out = tmp_path / "run"
     argv = ["eval", "--model", "nobody-here/no-such-model", "--backend", "hf", "--datasets",

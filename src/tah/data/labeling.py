@@ -6,9 +6,10 @@ Python lists in RAM and no resume. The pieces: :mod:`tah.data.encoding` renders 
 the tokenizer's chat template and finds the supervised span by comparing token prefixes, never
 by known ids; this module runs the model on length-sorted, right-padded batches and takes the
 argmax/entropy from the final hidden states in chunks, so no (B, T, V) logits tensor is ever
-materialised, and writes fixed-size Arrow shards atomically, so a killed run resumes where it
-stopped and gives the same output; :mod:`tah.data.label_features` turns labelled rows into
-training features (METHOD B.4); :mod:`tah.data.reference` loads and checks the reference model.
+materialised, and writes fixed-size Arrow shards atomically (:mod:`tah.data.label_shards`), so
+a killed run resumes where it stopped and gives the same output; :mod:`tah.data.label_features`
+turns labelled rows into training features (METHOD B.4); :mod:`tah.data.reference` loads and
+checks the reference model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,17 +27,21 @@ from typing import Any
 import numpy as np
 
 from tah.data.encoding import EncodedSample, apply_length_policy, encode_records
+from tah.data.label_shards import (
+    LABELS_FORMAT,
+    METADATA_FILE,
+    SHARD_STATS_FILE,
+    SHARDS_DIR,
+    prepare_output,
+    write_shard,
+)
 from tah.data.records import Record
 from tah.data.reference import check_vocab, tokenizer_fingerprint
 from tah.errors import ConfigError, DataError
-from tah.io import atomic_dir, write_json
+from tah.io import write_json
 
 log = logging.getLogger(__name__)
 
-LABELS_FORMAT = "tah-labels/1"
-METADATA_FILE = "tah_labels.json"
-SHARDS_DIR = "shards"
-SHARD_STATS_FILE = "shard_stats.json"
 STRATEGIES = ("mismatch", "all")
 # Logits computed at once by next_token_stats, per device type. On CPU 2**22 fp32 values
 # (16 MiB) measured fastest: bigger temporaries are mmap'ed and page-faulted on every chunk.
@@ -303,63 +307,6 @@ def _label_shard(
     return cols, stats
 
 
-def _features(entropy: bool) -> Any:
-    from datasets import Features, List, Value
-
-    spec = {
-        "data_id": Value("int64"),
-        "record_id": Value("string"),
-        "input_ids": List(Value("int32")),
-        "mask": List(Value("int8")),
-        "mismatch": List(Value("int8")),
-    }
-    if entropy:
-        spec["entropy"] = List(Value("float32"))
-    return Features(spec)
-
-
-def _write_shard(target: Path, cols: dict[str, list], stats: dict[str, int], entropy: bool) -> None:
-    import datasets
-    from datasets import Dataset
-
-    data = {
-        k: [np.asarray(v).tolist() for v in vs] if k not in ("data_id", "record_id") else vs
-        for k, vs in cols.items()
-    }
-    ds = Dataset.from_dict(data, features=_features(entropy))
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        with atomic_dir(target) as tmp:
-            ds.save_to_disk(str(tmp))
-            write_json(tmp / SHARD_STATS_FILE, stats)
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-
-
-def _prepare_output(out: Path, meta: dict[str, Any], overwrite: bool) -> None:
-    """Start or resume: same plan → keep finished shards; another plan → refuse or replace."""
-    meta_path = out / METADATA_FILE
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        if old.get("plan", {}).get("fingerprint") != meta["plan"]["fingerprint"]:
-            if not overwrite:
-                raise DataError(
-                    f"{out} holds labels from a different run (other data, tokenizer, model or "
-                    "settings); pass --overwrite to replace them or choose another --output"
-                )
-            shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
-            write_json(meta_path, meta)
-    elif out.exists() and any(out.iterdir()):
-        raise DataError(f"{out} exists, is not empty and is not a tah labels directory")
-    else:
-        write_json(meta_path, meta)
-    # temporary shard dirs left by a killed run (atomic_dir names them .shard-*.tmp-*)
-    for stale in (out / SHARDS_DIR).glob(".shard-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def label_records(
     model: Any,
     tokenizer: Any,
@@ -448,7 +395,7 @@ def label_records(
             **asdict(lengths),
         },
     }
-    _prepare_output(out, meta, overwrite)
+    prepare_output(out, meta, overwrite)
     report = LabelReport(
         output_dir=str(out),
         records=len(records),
@@ -470,7 +417,7 @@ def label_records(
             if max_shards is not None and report.shards_written >= max_shards:
                 break
             cols, stats = _label_shard(model, shard, settings, lambda n: bar.advance(task, n))
-            _write_shard(target, cols, stats, settings.entropy)
+            write_shard(target, cols, stats, settings.entropy)
             report.shards_written += 1
             if on_shard is not None:
                 on_shard(k)

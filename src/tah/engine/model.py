@@ -12,12 +12,11 @@ with ``TaHForCausalLM.generate``.
 Weights are read by their Hugging Face names (``model.layers.N.self_attn.q_proj.weight`` ...),
 from an in-memory model (plain or with PEFT LoRA layers injected) or from a flat name → tensor
 mapping such as a safetensors file; PEFT names (``base_model.model.``, ``.base_layer``,
-``lora_A.<adapter>``) are normalised first.
+``lora_A.<adapter>``) are normalised first (``lora.py``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,11 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tah.engine.lora import (
+    LORA_TARGETS,
+    LoraGroup,
+    LoraPair,
+    peft_lora_scales,
+    split_lora,
+)
 from tah.errors import UnsupportedModelError
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # attend(layer_index, q, k, v) -> attention output (..., n_heads * head_dim); q/k/v are
 # (..., heads, head_dim) after q/k-norm and RoPE, with the leading dims of the input.
@@ -94,55 +99,6 @@ class ModelShape:
 
 
 @dataclass
-class LoraPair:
-    """One LoRA adapter on one projection: delta(x) = scale * B(A(x))."""
-
-    a: Tensor  # (r, in)
-    b: Tensor  # (out, r)
-    scale: float
-
-
-@dataclass
-class LoraGroup:
-    """The LoRA adapters of projections that share an input and a fused base matrix
-    (q/k/v, gate/up): one product with the stacked A matrices, one with the stacked B matrices.
-
-    delta[..., out_lo:out_hi] = scale * B(A(x)) for each adapted projection, zero elsewhere.
-    Each B is stored already multiplied by its scale, on the block diagonal of ``b`` (zeros
-    elsewhere), so the whole group is two matrix products whatever the scales: the per-step
-    cost of a deep token is a fixed number of small products, and on the engine's hot path
-    (:meth:`CompactDecoder._add_lora`) the second one adds into the base output in place.
-    """
-
-    a: Tensor  # (sum of ranks, in): the A matrices stacked
-    b: Tensor  # (out, sum of ranks): scale * B per projection on the block diagonal
-    at: Tensor = field(init=False)  # views for torch.mm / addmm (no copies)
-    bt: Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.at, self.bt = self.a.t(), self.b.t()
-
-    @classmethod
-    def build(cls, pairs: list[LoraPair | None], sizes: list[int]) -> LoraGroup | None:
-        present = [(p, i) for i, p in enumerate(pairs) if p is not None]
-        if not present:
-            return None
-        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        a = torch.cat([p.a for p, _ in present], dim=0)
-        b = a.new_zeros((sum(sizes), a.shape[0]))
-        r_lo = 0
-        for pair, i in present:
-            r = pair.a.shape[0]
-            # Scales are alpha / r, usually a power of two: folding them in is then exact.
-            b[offsets[i] : offsets[i] + sizes[i], r_lo : r_lo + r] = pair.b * pair.scale
-            r_lo += r
-        return cls(a, b)
-
-    def delta(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.a), self.b)
-
-
-@dataclass
 class LayerWeights:
     ln1: Tensor
     ln2: Tensor
@@ -157,38 +113,6 @@ class LayerWeights:
     wd: Tensor
     bd: Tensor | None
     lora: dict[str, LoraGroup] = field(default_factory=dict)  # "qkv", "o", "gu", "down"
-
-
-def canonical_name(name: str) -> str:
-    """Strip PEFT wrapping from a parameter name (``base_model.model.``, ``.base_layer``)."""
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model.") :]
-    return name.replace(".base_layer.", ".")
-
-
-_LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
-
-
-def split_lora(
-    tensors: Mapping[str, Tensor], adapter: str | None = None
-) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-    """Separate base weights from LoRA A/B matrices, keyed by canonical module name."""
-    base: dict[str, Tensor] = {}
-    lora: dict[str, dict[str, Tensor]] = {}
-    for name, tensor in tensors.items():
-        name = canonical_name(name)
-        match = _LORA_RE.match(name)
-        if match is None:
-            if ".lora_" in name:
-                raise UnsupportedModelError(
-                    f"unsupported adapter tensor {name!r} (only plain LoRA A/B, no DoRA/embeddings)"
-                )
-            base[name] = tensor
-            continue
-        if adapter is not None and match["adapter"] not in (None, adapter):
-            continue
-        lora.setdefault(match["module"], {})[match["ab"]] = tensor
-    return base, lora
 
 
 class CompactDecoder:
@@ -245,7 +169,7 @@ class CompactDecoder:
         config = hf_model.config
         tensors = dict(hf_model.named_parameters(remove_duplicate=False))
         tensors.update(dict(hf_model.named_buffers(remove_duplicate=False)))
-        scales = _lora_scales(hf_model)
+        scales = peft_lora_scales(hf_model)
         rotary = _find_rotary(hf_model)
         return cls.from_tensors(
             config,
@@ -507,17 +431,3 @@ def _find_rotary(hf_model):
         if name.endswith("rotary_emb"):
             return module
     return None
-
-
-def _lora_scales(hf_model) -> dict[str, float]:
-    """Per-module LoRA scale (alpha / r, or what PEFT computed) of the active adapter."""
-    scales: dict[str, float] = {}
-    for name, module in hf_model.named_modules():
-        scaling = getattr(module, "scaling", None)
-        if not isinstance(scaling, dict) or not hasattr(module, "lora_A"):
-            continue
-        if getattr(module, "use_dora", {}).get("default", False):
-            raise UnsupportedModelError(f"{name} uses DoRA, which the engine does not support")
-        if "default" in scaling:
-            scales[canonical_name(name)] = float(scaling["default"])
-    return scales

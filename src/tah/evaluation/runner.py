@@ -7,7 +7,8 @@ Each worker loads its own backend and grader, renders prompts with the tokenizer
 template, generates in batches, grades every output and appends one flushed line per sample to
 its own shard. The parent then merges the shards atomically into ``samples.jsonl`` and
 ``summary.json``. Rerunning the same command skips finished samples (see ``store.py``); the
-settings that change results are recorded in ``run.json`` and must match on resume.
+settings that change results are recorded in ``run.json`` and must match on resume. The
+settings live in ``eval_config.py``, the worker side in ``workers.py``.
 
 We use multiprocessing rather than a job framework (Ray, accelerate launch) because the work
 is embarrassingly parallel and the contract we need (append-only shards, skip-on-resume) is a
@@ -18,133 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
-import signal
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tah.errors import ConfigError, TaHError
-from tah.evaluation.backend_base import Backend, BackendOptions, Generation, iter_summary
-from tah.evaluation.backends import check_local_model, make_backend
 from tah.evaluation.datasets import EvalDataset, load_eval_dataset
-from tah.evaluation.grading import Grader
-from tah.evaluation.prompts import PROMPT_STYLES, render_prompt
-from tah.evaluation.sampling import SamplingParams, sample_seed
-from tah.evaluation.store import RunDir, append_row, row_key
+from tah.evaluation.eval_config import EvalConfig
+from tah.evaluation.sampling import sample_seed
+from tah.evaluation.store import RunDir, row_key
 from tah.evaluation.summary import summarize
+from tah.evaluation.workers import generate_and_grade, worker_main
 from tah.io import write_json
-from tah.model.loading import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-# finish_reason and grade_status of a sample whose prompt alone fills the model's context.
-PROMPT_TOO_LONG = "prompt_too_long"
-
-# Backends that load the model in this process with torch (device and dtype apply to them).
-LOCAL_BACKENDS = ("hf", "tah", "softthink", "oracle")
-
-# Settings that change what a sample's output is: they must match when resuming a run.
-_FINGERPRINT_KEYS = (
-    "model",
-    "backend",
-    "seed",
-    "prompt_style",
-    "chat_template",
-    "enable_thinking",
-    "sampling",
-    "backend_options",
-    "grading",
-)
-
-
-@dataclass
-class EvalConfig:
-    """Everything one ``tah eval`` needs; plain data so it can travel to worker processes."""
-
-    model: str
-    datasets: list[str]
-    output: str
-    backend: str = "hf"
-    samples: int = 1
-    jobs: int = 1
-    limit: int | None = None
-    batch_size: int = 16
-    seed: int = 42
-    prompt_style: str = "bare"
-    chat_template: bool = True
-    enable_thinking: bool | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    backend_options: BackendOptions = field(default_factory=BackendOptions)
-    devices: list[str] | None = None
-    data_dir: str | None = None
-    answer_type: str | None = None
-    grade_time_limit: float = 10.0
-    grading: str = "default"
-    name: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-
-    def validate(self) -> None:
-        check_local_model(self.backend, self.model)  # before any output directory is made
-        if self.samples < 1:
-            raise ConfigError(f"--samples must be >= 1, got {self.samples}")
-        if self.jobs < 1:
-            raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ConfigError(f"--prompt-style {self.prompt_style!r}: use one of {PROMPT_STYLES}")
-        if not self.datasets:
-            raise ConfigError("no datasets given (--datasets gsm8k,math500)")
-        if self.data_dir is not None and not os.path.isdir(self.data_dir):
-            raise ConfigError(f"--data-dir {self.data_dir}: no such folder")
-        options = self.backend_options
-        threshold = options.threshold
-        if threshold is not None and not (0.0 <= threshold <= 1.0):
-            raise ConfigError(f"--threshold must be in [0, 1], got {threshold:g}")
-        if self.backend in LOCAL_BACKENDS:
-            resolve_dtype(options.dtype, resolve_device(options.device))
-            for device in self.devices or []:
-                resolve_device(device)
-
-    def fingerprint(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        fp = {k: data[k] for k in _FINGERPRINT_KEYS}
-        # Where it runs does not change what it computes (beyond float noise).
-        fp["backend_options"] = {k: v for k, v in fp["backend_options"].items() if k != "device"}
-        if fp["backend_options"].get("iter_budget") is None:  # runs from before the option
-            fp["backend_options"].pop("iter_budget", None)
-        return fp
-
-    def display_name(self) -> str:
-        if self.name:
-            return self.name
-        base = os.path.basename(os.path.normpath(self.model)) or self.model
-        name = f"{base}-{self.backend}"
-        if self.backend_options.decider:
-            name += f"-{self.backend_options.decider}"
-        if self.backend_options.threshold is not None:
-            name += f"-tau{self.backend_options.threshold:g}"
-        if self.backend_options.iter_budget is not None:
-            name += f"-budget{self.backend_options.iter_budget:g}"
-        return name
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        data = dict(data)
-        data["sampling"] = SamplingParams(**data["sampling"])
-        data["backend_options"] = BackendOptions(**data["backend_options"])
-        return cls(**data)
 
 
 @dataclass
@@ -181,140 +74,6 @@ def _select(config: EvalConfig, datasets: list[EvalDataset]) -> list[dict[str, A
 
 
 # ---------------------------------------------------------------------------------- workers
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies, so a killed run leaves no orphan writers."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _work(
-    config: EvalConfig,
-    items: list[dict[str, Any]],
-    worker: int,
-    shard: str,
-    emit: Callable[[tuple], None],
-    parent_pid: int | None,
-) -> None:
-    """Generate, grade and append every item; the body of a worker (or of jobs=1 in-process)."""
-    backend = make_backend(config.backend, config.model, config.backend_options)
-    emit(("ready", worker, backend.info()))
-    grader = Grader(config.grade_time_limit, profile=config.grading)
-    try:
-        with open(shard, "a", encoding="utf-8") as handle:
-            for start in range(0, len(items), config.batch_size):
-                batch = items[start : start + config.batch_size]
-                prompts = [
-                    render_prompt(
-                        backend.tokenizer,
-                        it["question"],
-                        config.prompt_style,
-                        config.chat_template,
-                        config.enable_thinking,
-                    )
-                    for it in batch
-                ]
-                gens = _generate_within_context(backend, prompts, config.sampling, batch)
-                for it, prompt, gen in zip(batch, prompts, gens):
-                    grade = grader.grade(gen.text, it["gold"], it["answer_type"])
-                    status = PROMPT_TOO_LONG if gen.finish_reason == PROMPT_TOO_LONG else None
-                    row = {
-                        "dataset": it["dataset"],
-                        "problem_id": it["problem_id"],
-                        "problem_index": it["problem_index"],
-                        "sample": it["sample"],
-                        "seed": it["seed"],
-                        "prompt": prompt,
-                        "output": gen.text,
-                        "extracted": grade.extracted,
-                        "gold": it["gold"],
-                        "answer_type": it["answer_type"],
-                        "correct": grade.correct,
-                        "has_answer": grade.has_answer,
-                        "grade_status": status or grade.status,
-                        "n_tokens": gen.n_tokens,
-                        "finish_reason": gen.finish_reason,
-                        "iter": gen.iter_counts,
-                        "time_s": gen.time_s,
-                        "grade_time_s": grade.time_s,
-                        "worker": worker,
-                        "extra": gen.extra,
-                    }
-                    append_row(handle, row)
-                    emit(("sample", worker, it["dataset"]))
-                if parent_pid is not None and os.getppid() != parent_pid:
-                    return  # orphaned: stop writing
-    finally:
-        grader.close()
-        backend.close()
-
-
-def _generate_within_context(
-    backend: Backend,
-    prompts: list[Any],
-    sampling: SamplingParams,
-    batch: list[dict[str, Any]],
-) -> list[Generation]:
-    """Generate a batch so that each row's token budget depends on its own prompt only.
-
-    Rows are grouped by budget (``max_new_tokens`` capped by what the prompt leaves of the
-    context) and each group is generated on its own; a prompt that fills the context alone gets
-    a ``prompt_too_long`` record instead of stopping the run.
-    """
-    budgets = backend.token_budgets(prompts, sampling.max_new_tokens)
-    gens: list[Generation | None] = [None] * len(prompts)
-    for budget in sorted(set(budgets), reverse=True):
-        rows = [i for i, b in enumerate(budgets) if b == budget]
-        if budget < 1:
-            log.warning(
-                "%d prompt(s) do not fit the model's context of %s tokens; recorded as %s",
-                len(rows),
-                backend.context_length,
-                PROMPT_TOO_LONG,
-            )
-            for i in rows:
-                gens[i] = Generation("", [], 0, iter_summary([]), 0.0, PROMPT_TOO_LONG)
-            continue
-        params = dataclasses.replace(sampling, max_new_tokens=budget)
-        out = backend.generate([prompts[i] for i in rows], params, [batch[i]["seed"] for i in rows])
-        for i, gen in zip(rows, out):
-            gens[i] = gen
-    return [g for g in gens if g is not None]
-
-
-def _worker_entry(
-    config_data: dict[str, Any],
-    items: list[dict[str, Any]],
-    worker: int,
-    shard: str,
-    messages: Any,
-    parent_pid: int,
-    threads: int,
-) -> None:
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    try:
-        config = EvalConfig.from_dict(config_data)
-        if config.backend != "scripted":  # share the cores instead of oversubscribing them
-            import torch
-            from transformers.utils import logging as hf_logging
-
-            torch.set_num_threads(max(1, threads))
-            hf_logging.disable_progress_bar()  # J interleaved "Loading weights" bars help nobody
-        _work(config, items, worker, shard, messages.put, parent_pid)
-        messages.put(("done", worker, None))
-    except BaseException as exc:  # report everything to the parent
-        disk_full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if disk_full:
-            detail = f"no space left on the device ({exc}); free some space and rerun"
-        else:
-            detail = str(exc) if isinstance(exc, TaHError) else traceback.format_exc()
-        messages.put(("error", worker, detail))
-        raise SystemExit(1) from None
-
-
 def _progress(config: EvalConfig, total: int) -> Any:
     from rich.progress import (
         BarColumn,
@@ -351,7 +110,7 @@ def _run_workers(config: EvalConfig, pending: list[dict[str, Any]], run: RunDir)
                 progress.advance(task)
 
         if jobs == 1 and not config.devices:
-            _work(config, pending, 0, str(run.shard(0)), handle, None)
+            generate_and_grade(config, pending, 0, str(run.shard(0)), handle, None)
             return info
 
         ctx = mp.get_context("spawn")
@@ -367,7 +126,7 @@ def _run_workers(config: EvalConfig, pending: list[dict[str, Any]], run: RunDir)
                     "device": config.devices[j % len(config.devices)],
                 }
             proc = ctx.Process(
-                target=_worker_entry,
+                target=worker_main,
                 args=(cfg, pending[j::jobs], j, str(run.shard(j)), messages, os.getpid(), threads),
                 name=f"tah-eval-{j}",
             )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +34,12 @@ from tah.training.collate import Collator
 from tah.training.data import TrainingData, load_training_data
 from tah.training.metrics import JsonlLog, StepStats, check_trackers, reduce_stats
 from tah.training.optim import build_optimizer, build_scheduler, parameter_groups
+from tah.training.progress import TrainingProgress
 from tah.training.recipe import Recipe
+from tah.training.run_checks import FINAL_DIR, LOG_FILE, check_output_dir, check_resume
 from tah.training.sampler import StepPlan
 
 log = logging.getLogger(__name__)
-
-LOG_FILE = "train_log.jsonl"
-FINAL_DIR = "final"
 
 
 @dataclass
@@ -111,7 +109,7 @@ def _start(recipe: Recipe, resume: str | None, overwrite: bool) -> _Run:
     report_to = check_trackers(recipe.output.report_to)
     resume_dir = ckpt.resolve_resume(resume, out_dir) if resume else None
     accelerator = distributed.make_accelerator(recipe, report_to)
-    _check_output_dir(out_dir, resume_dir, overwrite, accelerator.is_main_process)
+    check_output_dir(out_dir, resume_dir, overwrite, accelerator.is_main_process)
     run = _Run(recipe, accelerator, out_dir, resume_dir)
     run.rank, run.world = accelerator.process_index, accelerator.num_processes
     if accelerator.device.type == "cpu":
@@ -142,7 +140,7 @@ def _check_inputs(run: _Run) -> None:
     run.settings = _loss_settings(recipe, run.data)
     run.payload = ckpt.load_trainer_state(run.resume_dir) if run.resume_dir else None
     if run.payload is not None:
-        _check_resume(run.payload, recipe, run.plan, run.total_steps, run.resume_dir)
+        check_resume(run.payload, recipe, run.plan, run.total_steps, run.resume_dir)
     run.info = info
 
 
@@ -275,7 +273,7 @@ def _loop(run: _Run, stop_after: int | None) -> dict[str, Any]:
     recipe, accelerator, plan = run.recipe, run.accelerator, run.plan
     total_steps = run.total_steps
     stop_at = total_steps if stop_after is None else min(total_steps, run.global_step + stop_after)
-    progress = _Progress(recipe, accelerator.is_main_process, total_steps, run.global_step)
+    progress = TrainingProgress(recipe, accelerator.is_main_process, total_steps, run.global_step)
     stages.prepare_for_training(recipe, run.unwrapped)
     interval, interval_steps, interval_start = StepStats(), 0, time.perf_counter()
     last: dict[str, Any] = {}
@@ -451,89 +449,3 @@ def _loss_settings(recipe: Recipe, data: TrainingData) -> stages.LossSettings:
             log.info("pos_weight auto = %d negatives / %d positives = %.3f", neg, pos, pw)
         settings.pos_weight = float(pw)
     return settings
-
-
-def _check_output_dir(out_dir: Path, resume_dir: Path | None, overwrite: bool, main: bool) -> None:
-    """Refuse to mix a new run into an old one; ``overwrite`` removes the old run's artefacts.
-    Folders of saves a kill interrupted are removed either way."""
-    if main:
-        for path in ckpt.remove_partial_saves(out_dir):
-            log.info("removed %s, left by a save that was interrupted", path)
-    if resume_dir is not None:
-        return
-    existing = ckpt.checkpoint_dirs(out_dir)
-    if overwrite:
-        if main:
-            for _, path in existing:
-                shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(out_dir / FINAL_DIR, ignore_errors=True)
-        return
-    if not existing and not (out_dir / FINAL_DIR).exists() and (out_dir / LOG_FILE).exists():
-        raise ConfigError(
-            f"output dir {out_dir} holds a run that stopped before its first checkpoint, so "
-            "there is nothing to resume; pass --overwrite to start over, or choose another "
-            "output.dir"
-        )
-    if existing or (out_dir / FINAL_DIR).exists():
-        raise ConfigError(
-            f"output dir {out_dir} already holds a run; pass --resume auto to continue it, "
-            "--overwrite to start over, or choose another output.dir"
-        )
-
-
-def _check_resume(payload: dict, recipe: Recipe, plan: StepPlan, total_steps: int, path) -> None:
-    problems = []
-    if payload.get("stage") != recipe.stage:
-        problems.append(f"stage {payload.get('stage')} != {recipe.stage}")
-    if payload.get("num_examples") != plan.num_examples:
-        problems.append(f"{payload.get('num_examples')} training rows != {plan.num_examples} now")
-    if payload.get("global_batch") != plan.global_batch:
-        problems.append(f"global batch {payload.get('global_batch')} != {plan.global_batch}")
-    if payload.get("seed") != recipe.train.seed:
-        problems.append(f"seed {payload.get('seed')} != {recipe.train.seed}")
-    if payload.get("total_steps") != total_steps:
-        problems.append(f"total steps {payload.get('total_steps')} != {total_steps}")
-    if problems:
-        raise CheckpointError(
-            f"cannot resume from {path} exactly: {'; '.join(problems)}. Resume with the recipe "
-            "and data the checkpoint was made with"
-        )
-
-
-class _Progress:
-    """A rich progress bar on the main process (no-op elsewhere or when disabled)."""
-
-    def __init__(self, recipe: Recipe, enabled: bool, total: int, done: int) -> None:
-        self.bar = None
-        if not (enabled and recipe.output.progress):
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn(f"[bold]{recipe.stage}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.bar.start()
-        self.task = self.bar.add_task(
-            "train", total=total, completed=done, loss=float("nan"), lr=0.0
-        )
-
-    def advance(self, loss: float, lr: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, loss=loss, lr=lr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
