@@ -149,13 +149,17 @@ def test_gate_rules():
     assert verdict["per_seed"][0]["checks"]["wide_no_better"] is None
 
 
-def test_deepen_keeps_the_function_and_doubles_the_depth():
+@pytest.mark.parametrize("tied", [False, True])
+def test_deepen_keeps_the_function_and_doubles_the_depth(tied):
     from tah.repro.twohop_runs import Shape, deepen, new_standard
 
     task = TwoHopTask(entities=8, pairs=4, queries=3)
-    base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
+    shape = Shape(layers=2, hidden=32, intermediate=64, tie_embeddings=tied)
+    base = new_standard(task, shape, 0).eval()
     deep = deepen(base, 4, seed=1).eval()
     assert deep.config.num_hidden_layers == 4
+    tied_now = deep.lm_head.weight.data_ptr() == deep.model.embed_tokens.weight.data_ptr()
+    assert tied_now == tied
     ids = sample_batch(task, 3, torch.Generator().manual_seed(5)).input_ids
     with torch.no_grad():
         torch.testing.assert_close(deep(input_ids=ids).logits, base(input_ids=ids).logits)

@@ -103,6 +103,7 @@ class TwoHopConfig:
     kv_heads: int = 2
     family: str = "qwen3"  # or "llama" (no per-head query/key norm)
     init_std: float = 0.02
+    tie_embeddings: bool = False  # tie the input and output embeddings (see Shape)
     # A 2-layer base did not learn a lookup within 12000 steps; 4 layers learn both lookups by
     # step ~5000 of a 12000-step schedule and do not compose them (docs/repro-twohop/NOTES.md).
     shallow_layers: int = 4

@@ -79,6 +79,7 @@ def _shape(config: TwoHopConfig, layers: int, intermediate: int | None = None) -
         kv_heads=config.kv_heads,
         family=config.family,
         init_std=config.init_std,
+        tie_embeddings=config.tie_embeddings,
     )
 
 

@@ -44,6 +44,9 @@ class Shape:
     # sqrt(head_dim) until the norm weights grow; "llama" has no such cap.
     family: str = "qwen3"
     init_std: float = 0.02  # transformers' default initializer_range
+    # Tied input/output embeddings: the residual direction that predicts a token is the one
+    # that token's embedding writes, so a later layer can read a computed answer like an input.
+    tie_embeddings: bool = False
 
 
 @dataclass
@@ -72,7 +75,7 @@ def new_standard(task: TwoHopTask, shape: Shape, seed: int) -> nn.Module:
         num_key_value_heads=shape.kv_heads,
         head_dim=shape.hidden // shape.heads,
         max_position_embeddings=max(64, task.length),
-        tie_word_embeddings=False,
+        tie_word_embeddings=shape.tie_embeddings,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=0,
