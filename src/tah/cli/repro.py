@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting of tah.repro.config.ReproConfig, e.g. --set finetune_steps=600",
+        help="override a setting of the study (tiny: tah.repro.config.ReproConfig, twohop: "
+        "tah.repro.twohop.TwoHopConfig; --show-config lists them), e.g. --set finetune_steps=600",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel steps (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
