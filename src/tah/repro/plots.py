@@ -7,19 +7,22 @@ from typing import Any
 
 from tah.io import atomic_file
 
-__all__ = ["plot_accuracy_vs_iterating", "plot_results"]
+__all__ = ["plot_accuracy_vs_iterating", "plot_results", "pyplot", "save_figure"]
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Lay out ``fig``, write it as PNG atomically (folders made as needed), and close it."""
     import matplotlib.pyplot as plt
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     with atomic_file(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +33,7 @@ def _pyplot():
 
 def plot_results(results: dict[str, Any], path: str | Path) -> None:
     """Answer accuracy and hard / easy next-token accuracy per method, with seed dots."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = results["methods"]
     agg = results["aggregate"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -54,7 +57,7 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
             ax.set_ylim(max(0.0, min(finite) - 3), 100)
     seeds = len(results["per_seed"])
     fig.suptitle(f"tah repro {results['config']['preset']}: mean ± std over {seeds} seed(s)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy_vs_iterating(results: dict[str, Any], path: str | Path) -> None:
@@ -63,7 +66,7 @@ def plot_accuracy_vs_iterating(results: dict[str, Any], path: str | Path) -> Non
     Standard sits at 0 %, AlwaysThink at 100 %; TaH and TaH+ trace their τ sweep (test
     problems, reported only), with the oracle and depth-1-only routing of the same weights.
     """
-    plt = _pyplot()
+    plt = pyplot()
     agg = results["aggregate"]
     fig, ax = plt.subplots(figsize=(7.5, 5))
 
@@ -120,4 +123,4 @@ def plot_accuracy_vs_iterating(results: dict[str, Any], path: str | Path) -> Non
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -9,6 +9,7 @@ from typing import Any
 
 from tah.data.twohop import TWO_HOP
 from tah.io import atomic_file, write_json
+from tah.repro.plots import pyplot, save_figure
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
 TAH_ARMS = ("alwaysthink", "tahplus")
@@ -357,11 +358,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------ plots
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cfg = results["config"]
     shallow, deep, arm_names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
     fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
@@ -451,11 +448,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             transform=ax_share.transAxes,
         )
     ax_gate.set_ylim(0, 100)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
