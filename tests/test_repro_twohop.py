@@ -86,6 +86,75 @@ def test_bad_task_is_refused():
         TwoHopTask(entities=4, pairs=8)
 
 
+def test_written_format_spells_out_the_intermediate_of_the_same_problems():
+    compact = TwoHopTask(separators=True)
+    written = TwoHopTask(separators=True, written_intermediate=True)
+    a = sample_batch(compact, 32, torch.Generator().manual_seed(5))
+    b = sample_batch(written, 32, torch.Generator().manual_seed(5))
+    slots = compact.answer_positions()
+    two = a.kinds == TWO_HOP
+    assert torch.equal(a.kinds, b.kinds) and two.any() and (~two).any()
+    # Tables and queries are the same problems; only two-hop queries change, and keep their places.
+    rest = torch.ones_like(a.input_ids, dtype=torch.bool)
+    rest[:, slots] = rest[:, slots + 1] = False
+    assert torch.equal(a.input_ids[rest], b.input_ids[rest])
+    assert torch.equal(b.input_ids[:, slots][two], a.intermediates[two])  # gf x F(x) ...
+    assert torch.equal(b.input_ids[:, slots + 1][two], a.answers[two])  # ... G(F(x))
+    assert torch.equal(b.input_ids[:, slots][~two], a.input_ids[:, slots][~two])
+    assert (b.input_ids[:, slots + 1][~two] == written.separator).all()
+    # Both steps are supervised on a written two-hop query; one-hop queries are unchanged.
+    assert torch.equal(b.labels[:, slots], b.input_ids[:, slots])
+    assert torch.equal(b.labels[:, slots + 1] != IGNORE, two)
+    assert int((b.labels != IGNORE).sum()) == int((a.labels != IGNORE).sum() + two.sum())
+    with pytest.raises(ConfigError, match="separators"):
+        TwoHopTask(written_intermediate=True)
+
+
+def test_written_second_step_accuracy_against_a_brute_force_count():
+    from tah.repro.twohop_runs import written_second_step_accuracy
+
+    task = TwoHopTask(entities=10, pairs=4, queries=6, separators=True, written_intermediate=True)
+    batches = [sample_batch(task, 16, torch.Generator().manual_seed(s)) for s in (1, 2)]
+    rng = random.Random(0)
+    noisy: list[torch.Tensor] = []  # next-token guesses, right at random about half the time
+
+    def forward(batch):  # logits whose argmax at position t is a guess at token t + 1
+        nxt = torch.roll(batch.input_ids, -1, dims=1)
+        guess = nxt.clone()
+        for row in range(guess.shape[0]):
+            for col in range(guess.shape[1]):
+                if rng.random() < 0.5:
+                    guess[row, col] = rng.randrange(task.vocab_size)
+        noisy.append(guess)
+        return torch.nn.functional.one_hot(guess, task.vocab_size).float(), None
+
+    measured = written_second_step_accuracy(forward, task, batches)
+    slots = task.answer_positions()
+    right = count = 0
+    for batch, guess in zip(batches, noisy, strict=True):
+        for row in range(batch.input_ids.shape[0]):
+            for q, slot in enumerate(slots.tolist()):
+                if int(batch.kinds[row, q]) == TWO_HOP:
+                    count += 1
+                    right += int(guess[row, slot] == batch.input_ids[row, slot + 1])
+    assert 0.3 < measured < 0.8 and measured == pytest.approx(right / count)
+    with pytest.raises(ValueError, match="written_intermediate"):
+        written_second_step_accuracy(forward, TwoHopTask(), batches)
+
+
+def test_written_base_settings_are_checked():
+    from tah.repro.twohop import preset
+
+    with pytest.raises(ConfigError, match="separators"):
+        preset("quick").with_overrides(["task.separators=false"])
+    with pytest.raises(ConfigError, match="base_writes_intermediate"):
+        preset("quick").with_overrides(["task.separators=true", "task.written_intermediate=true"])
+    config = preset("quick")
+    assert config.base_task_spec.written_intermediate and not config.task_spec.written_intermediate
+    bare = config.with_overrides(["base_writes_intermediate=false"])
+    assert not bare.base_task_spec.written_intermediate
+
+
 def test_widen_keeps_the_function_and_adds_parameters():
     from tah.repro.twohop_runs import Shape, count_parameters, new_standard, widen
 
@@ -130,12 +199,15 @@ def test_gate_rules():
         "shallow": run(0.14),
         "base": run(0.15),
         "standard": run(0.17),
+        "standard2x": run(0.19),
         "wide": run(0.16),
         "deep": run(0.9),
     }
     assert check_gate({0: ok, 1: ok})["passed"]
-    base_not_done = {**ok, "standard": run(0.3)}
-    assert not check_gate({0: ok, 1: base_not_done})["passed"]
+    not_at_plateau = {**ok, "standard2x": run(0.3)}
+    verdict = check_gate({0: ok, 1: not_at_plateau})
+    assert not verdict["passed"]
+    assert verdict["per_seed"][1]["checks"]["standard_near_plateau"] is False
     wide_helps = {**ok, "wide": run(0.4)}
     assert not check_gate({0: wide_helps})["passed"]
     depth_no_help = {**ok, "deep": run(0.3)}
@@ -185,6 +257,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         "shallow",
         "base",
         "standard",
+        "standard2x",
         "wide",
         "deep",
     }
@@ -195,6 +268,12 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         config.base_steps + config.base_max_rounds * config.base_round_steps
     )
     assert saved["gate_runs"]["0"]["deep"]["layers"] == config.deep_layers
+    # The default base learns two-hop queries written out; every arm is tested on the bare answer.
+    for job in ("shallow", "base"):
+        assert 0.0 <= saved["gate_runs"]["0"][job]["written_second_step"] <= 1.0
+    curve = saved["gate_runs"]["0"]["shallow"]["validation_curve"]
+    assert all("written_second_step" in point for point in curve)
+    assert "written_second_step" not in saved["gate_runs"]["0"]["deep"]
     row = saved["per_seed"]["0"]
     for arm in ("standard", "wide", "alwaysthink", "tahplus", "oracle", "depth1"):
         assert 0.0 <= row[arm]["accuracy"]["gf"] <= 1.0
@@ -227,7 +306,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert "exploratory" not in markdown(stopped)
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
-    assert len(stamp) == 7
+    assert len(stamp) == 8
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
     # ...and refuses to mix runs made with other settings into the same folder.
@@ -296,3 +375,14 @@ def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
         assert all(set(job.deps) <= names for job in jobs)
     base_jobs = {job.name: job for job in _jobs(config, tmp_path, BASE_JOBS)}
     assert base_jobs["seed1/base"].deps == ["seed1/shallow"]
+
+
+def test_quick_study_with_a_bare_answer_base(tmp_path):
+    from tah.repro.twohop import preset, run_study
+
+    config = preset("quick").with_overrides(["base_writes_intermediate=false"])
+    run_study(config, tmp_path, show_progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs = saved["gate_runs"]["0"]
+    assert all("written_second_step" not in runs[job] for job in ("shallow", "base"))
+    assert 0.0 <= saved["per_seed"]["0"]["tahplus"]["accuracy"]["gf"] <= 1.0

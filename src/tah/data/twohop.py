@@ -22,6 +22,11 @@ that learn are higher: see :mod:`tah.repro.twohop`.) TaH's second pass can
 supply the second lookup if the first pass's guess at a two-hop answer is the intermediate
 ``F(x)``: the deeper pass starts from that token's (soft) embedding.
 
+The written-out format (``written_intermediate``): a two-hop query spells out its intermediate,
+``gf x F(x) G(F(x))``, both tokens supervised, the way a model that writes its reasoning answers.
+A base taught in that format, then asked for the bare answer (``gf x G(F(x))``), guesses F(x)
+first: the useful first guess TaH's second pass starts from.
+
 Problems are generated in batches on the fly from a torch generator, so every training step sees
 fresh problems and a seed reproduces the exact stream.
 """
@@ -57,6 +62,10 @@ class TwoHopTask:
     # A ";" after every table pair and every query (the last id of the vocabulary, so the other
     # ids do not move): marks the pair boundaries a lookup needs.
     separators: bool = False
+    # Two-hop queries written out, ``gf x F(x) G(F(x))``: the intermediate sits in the answer
+    # slot and the final answer replaces the query's ";" (so needs ``separators``; every position
+    # keeps its place). The format a base is taught in before it is asked for the bare answer.
+    written_intermediate: bool = False
 
     def __post_init__(self) -> None:
         if self.pairs < 2 or self.entities < self.pairs:
@@ -68,6 +77,11 @@ class TwoHopTask:
             raise ConfigError(f"twohop task: queries must be >= 1, got {self.queries}")
         if not 0.0 <= self.p_two_hop <= 1.0:
             raise ConfigError(f"twohop task: p_two_hop must be in [0, 1], got {self.p_two_hop}")
+        if self.written_intermediate and not self.separators:
+            raise ConfigError(
+                "twohop task: written_intermediate needs separators=true (the final answer of a "
+                "written-out two-hop query takes the place of its ';')"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -106,7 +120,9 @@ class TwoHopBatch:
     input_ids: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T): the answer tokens, IGNORE elsewhere (HF convention, unshifted)
     kinds: torch.Tensor  # (B, Q) query kind codes (index into KINDS)
-    answers: torch.Tensor  # (B, Q) answer token ids
+    # (B, Q) the token in each query's answer slot: the answer, or with ``written_intermediate``
+    # F(x) for two-hop queries (their final answer is the next token, also in ``labels``)
+    answers: torch.Tensor
     intermediates: torch.Tensor  # (B, Q) F(x) for two-hop queries, -1 otherwise
 
     @property
@@ -149,6 +165,10 @@ def sample_batch(task: TwoHopTask, size: int, generator: torch.Generator) -> Two
     intermediates = torch.where(kinds == TWO_HOP, ys[rows, pair], torch.full_like(pair, -1))
     ops = torch.tensor([OP_F, OP_G, OP_GF])[kinds]
     sep = [torch.full((size, q), task.separator)] if task.separators else []
+    if task.written_intermediate:
+        two_hop = kinds == TWO_HOP
+        sep = [torch.where(two_hop, answers, sep[0])]
+        answers = torch.where(two_hop, intermediates, answers)
     query_tokens = torch.stack([ops, args, answers, *sep], dim=2).flatten(1)
 
     ids = torch.cat(
@@ -165,6 +185,9 @@ def sample_batch(task: TwoHopTask, size: int, generator: torch.Generator) -> Two
     labels = torch.full_like(ids, IGNORE)
     positions = task.answer_positions()
     labels[:, positions] = ids[:, positions]
+    if task.written_intermediate:
+        finals = positions + 1
+        labels[:, finals] = torch.where(kinds == TWO_HOP, ids[:, finals], IGNORE)
     return TwoHopBatch(ids, labels, kinds, answers, intermediates)
 
 

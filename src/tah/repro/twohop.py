@@ -35,6 +35,14 @@ many steps a model takes to learn its first lookup varies from seed to seed and 
 what depth buys. Grown from the base, it gets exactly what TaH gets: the trained base, more
 depth for the answer, and F steps.
 
+The written-out base (``--set base_writes_intermediate=true task.separators=true``): the base
+learns two-hop queries with their intermediate written (``gf x F(x) G(F(x))``), the way a model
+that writes its reasoning answers; every arm is fine-tuned and tested on the bare answer. Such a
+base guesses F(x) at a bare two-hop answer, the useful first guess TaH's second pass needs (with
+the default base no model ever emits F(x) there). Its two-hop accuracy on the bare format starts
+at 0 %, so the gate's plateau rule compares Standard after F and after 2F steps
+(``standard2x``), not Standard with the base.
+
 Every job writes ``result.json`` when it finishes, so a rerun skips finished jobs.
 """
 
@@ -52,7 +60,8 @@ from tah.errors import ConfigError
 from tah.io import write_json
 
 BASE_JOBS = ("shallow", "base")  # from scratch, then trained on to convergence
-ARM_GATE_JOBS = ("standard", "wide", "deep")  # Standard models fine-tuned from the base
+# Standard models fine-tuned from the base: F steps (standard, wide, deep) or 2F (standard2x)
+ARM_GATE_JOBS = ("standard", "standard2x", "wide", "deep")
 GATE_JOBS = (*BASE_JOBS, *ARM_GATE_JOBS)
 TAH_JOBS = ("tahplus", "alwaysthink")
 
@@ -68,7 +77,9 @@ GATE = {
     "base_one_hop_min": 90.0,
     # deep (the base at 2x depth, + F steps) beats standard (the base + F steps) by >= 20 points
     "deep_minus_standard_min": 20.0,
-    # standard (base + F more steps) moves by <= 5 points: the base is at its plateau
+    # standard2x (base + 2F steps) differs from standard (base + F) by <= 5 points: the shallow
+    # Standard is near its plateau. (Until the written-out base, this compared standard with the
+    # base; a base taught another format for two-hop answers starts at 0 % on the bare format.)
     "more_steps_change_max": 5.0,
     # wide (base widened, + F steps) beats standard (+ F steps) by <= 5 points
     "wide_minus_standard_max": 5.0,
@@ -95,7 +106,7 @@ class TwoHopConfig:
     """Every setting of the study (``--set key=value`` overrides; see ``--show-config``)."""
 
     preset: str = "full"
-    task: dict[str, Any] = field(default_factory=lambda: TwoHopTask().to_dict())
+    task: dict[str, Any] = field(default_factory=lambda: TwoHopTask(separators=True).to_dict())
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     hidden: int = 64
     intermediate: int = 192
@@ -103,12 +114,21 @@ class TwoHopConfig:
     kv_heads: int = 2
     family: str = "qwen3"  # or "llama" (no per-head query/key norm)
     init_std: float = 0.02
-    tie_embeddings: bool = False  # tie the input and output embeddings (see Shape)
-    # A 2-layer base did not learn a lookup within 12000 steps; 4 layers learn both lookups by
-    # step ~5000 of a 12000-step schedule and do not compose them (docs/repro-twohop/NOTES.md).
+    # Tied input/output embeddings (see Shape). Untied, a written-out base was still at chance
+    # after 6000 steps where the tied one had learned every lookup by step 2000 (NOTES.md, 6).
+    tie_embeddings: bool = True
+    # The base learns two-hop queries written out (``gf x F(x) G(F(x))``, see TwoHopTask); every
+    # arm is then fine-tuned and tested on the bare answer (``gf x G(F(x))``). Needs
+    # task.separators. A base taught so guesses the intermediate F(x) at a bare two-hop answer.
+    # (false: the bare-answer base of the earlier study, docs/repro-twohop/4layer-bare-base/)
+    base_writes_intermediate: bool = True
+    # A 2-layer base did not learn a lookup within 12000 steps; 4 layers learn both lookups and,
+    # with a bare-answer base, do not compose them (docs/repro-twohop/NOTES.md).
     shallow_layers: int = 4
     deep_layers: int = 8  # the deep control: the base grown to this depth
-    base_steps: int = 12000  # S
+    # S: a written-out tied base learns its lookups at step 2000-10000 (4000 + 1-2 rounds);
+    # the bare-answer base of the earlier study used 12000.
+    base_steps: int = 4000
     base_round_steps: int = 4000  # E: one more round for a base not yet at the precondition
     base_max_rounds: int = 2  # R
     finetune_steps: int = 2000  # F
@@ -130,7 +150,7 @@ class TwoHopConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        _ = self.task_spec  # validates the task
+        _ = self.base_task_spec  # validates the task and the base's format
         for name in ("base_steps", "base_round_steps", "finetune_steps", "decider_steps", "batch"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"twohop setting {name} must be >= 1")
@@ -146,10 +166,27 @@ class TwoHopConfig:
 
     @property
     def task_spec(self) -> TwoHopTask:
+        """The task every arm is fine-tuned and every model is tested on."""
         try:
-            return TwoHopTask(**self.task)
+            task = TwoHopTask(**self.task)
         except TypeError as exc:
             raise ConfigError(f"twohop task settings {self.task}: {exc}") from None
+        if task.written_intermediate:
+            raise ConfigError(
+                "twohop: task.written_intermediate is the base's training format; set "
+                "base_writes_intermediate=true instead"
+            )
+        return task
+
+    @property
+    def base_task_spec(self) -> TwoHopTask:
+        """The task the base (``shallow``, ``base``) trains on."""
+        task = self.task_spec
+        if not self.base_writes_intermediate:
+            return task
+        if not task.separators:
+            raise ConfigError("twohop: base_writes_intermediate needs task.separators=true")
+        return dataclasses.replace(task, written_intermediate=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +224,7 @@ def preset(name: str) -> TwoHopConfig:
     if name == "quick":  # a smoke test of every code path; its numbers mean nothing
         return TwoHopConfig(
             preset="quick",
-            task=TwoHopTask(entities=8, pairs=4, queries=3).to_dict(),
+            task=TwoHopTask(entities=8, pairs=4, queries=3, separators=True).to_dict(),
             seeds=[0],
             hidden=32,
             intermediate=64,
@@ -230,7 +267,8 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
     from tah.repro.jobs import Job
 
     # Ready jobs start largest cost first.
-    cost = {"shallow": 9.0, "base": 3.0, "deep": 2.0, "tahplus": 3.0, "alwaysthink": 2.5}
+    cost = {"shallow": 9.0, "base": 3.0, "deep": 2.0, "standard2x": 2.0, "tahplus": 3.0}
+    cost["alwaysthink"] = 2.5
     jobs = []
     for seed in config.seeds:
         for name in names:
@@ -276,9 +314,9 @@ def _seed_checks(acc: dict[str, float | None], one: dict[str, float | None]) -> 
             {"deep", "standard"},
             lambda: acc["deep"] - acc["standard"] >= GATE["deep_minus_standard_min"],
         ),
-        "base_near_plateau": check(
-            {"base", "standard"},
-            lambda: abs(acc["standard"] - acc["base"]) <= GATE["more_steps_change_max"],
+        "standard_near_plateau": check(
+            {"standard", "standard2x"},
+            lambda: abs(acc["standard2x"] - acc["standard"]) <= GATE["more_steps_change_max"],
         ),
         "wide_no_better": check(
             {"standard", "wide"},

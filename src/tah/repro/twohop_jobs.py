@@ -35,6 +35,7 @@ from tah.repro.twohop_runs import (
     tah_forward,
     train_loop,
     widen,
+    written_second_step_accuracy,
 )
 
 # Disjoint problem streams: training rows, validation and test problems never share a seed.
@@ -129,8 +130,19 @@ def run_job(config: dict[str, Any], out: str, seed: int, name: str) -> dict[str,
 
 
 # ------------------------------------------------------------------ the base (Standard only)
+def _written(cfg: TwoHopConfig, model, problems: int, seed: int) -> dict[str, float]:
+    """With a written-format base: its second-step accuracy given the written intermediate."""
+    if not cfg.base_writes_intermediate:
+        return {}
+    task = cfg.base_task_spec
+    batches = eval_batches(task, problems, seed)
+    accuracy = written_second_step_accuracy(standard_forward(model), task, batches)
+    model.train()
+    return {"written_second_step": accuracy}
+
+
 def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
-    task = cfg.task_spec
+    task, train_task = cfg.task_spec, cfg.base_task_spec
     layers = cfg.shallow_layers
     width, steps = cfg.intermediate, cfg.base_steps
     model = new_standard(task, _shape(cfg, layers, width), seed)
@@ -144,13 +156,15 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
     def probe(step: int) -> None:  # the learning curve, on validation problems
         acc = predict(standard_forward(model), task, val).summary()["accuracy"]
         model.train()
-        curve.append({"step": step, "one_hop": acc["one_hop"], "two_hop": acc["gf"]})
+        point = {"step": step, "one_hop": acc["one_hop"], "two_hop": acc["gf"]}
+        point |= _written(cfg, model, cfg.curve_problems, VAL_SEED)
+        curve.append(point)
         print(f"step {step}: one-hop {acc['one_hop']:.3f}  two-hop {acc['gf']:.3f}", flush=True)
 
     log = train_loop(
         list(model.parameters()),
         standard_loss(model),
-        task,
+        train_task,
         settings,
         _Reporter(where / "progress.json", steps),
         probe=probe,
@@ -167,6 +181,7 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
         "train_loss": log.losses,
         "validation_curve": curve,
         "test": _outcome(test),
+        **_written(cfg, model, cfg.test_problems, TEST_SEED),
     }
 
 
@@ -194,7 +209,9 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
             lr=cfg.lr,
             data_seed=_stream(seed, BASE_ROUND_STREAM + k),
         )
-        train_loop(list(model.parameters()), standard_loss(model), task, settings, report)
+        train_loop(
+            list(model.parameters()), standard_loss(model), cfg.base_task_spec, settings, report
+        )
         rounds.append({"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop()})
         print(f"round {k}: validation one-hop {rounds[-1]['validation_one_hop']:.3f}", flush=True)
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
@@ -207,6 +224,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         "rounds": rounds,
         "parameters": count_parameters(model),
         "test": _outcome(test),
+        **_written(cfg, model, cfg.test_problems, TEST_SEED),
     }
 
 
@@ -219,23 +237,24 @@ def _finetune_job(
     labeller = _load_standard(job_dir(out, seed, "base") / "model").eval()
     for p in labeller.parameters():
         p.requires_grad_(False)
+    steps = cfg.finetune_steps * (2 if name == "standard2x" else 1)
     settings = TrainSettings(
-        steps=cfg.finetune_steps,
+        steps=steps,
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, FINETUNE_STREAM),
     )
     test_batches = eval_batches(task, cfg.test_problems, TEST_SEED)
-    total = cfg.finetune_steps + (cfg.decider_steps if name == "tahplus" else 0)
+    total = steps + (cfg.decider_steps if name == "tahplus" else 0)
     report = _Reporter(where / "progress.json", total)
-    result: dict[str, Any] = {"kind": "finetune", "steps": cfg.finetune_steps}
+    result: dict[str, Any] = {"kind": "finetune", "steps": steps}
     if name in TAH_JOBS:
         state = json.loads((out / "results.json").read_text(encoding="utf-8"))
         result["gate_when_trained"] = {  # the verdict on record when this arm started
             k: state["gate"].get(k) for k in ("passed", "enforced", "recorded_at")
         } | {"seeds": sorted(state["gate"]["per_seed"])}
 
-    if name in ("standard", "wide", "deep"):
+    if name in ("standard", "standard2x", "wide", "deep"):
         model = base
         if name == "wide":
             model = widen(base, wide_intermediate(cfg), seed)

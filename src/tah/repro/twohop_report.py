@@ -65,7 +65,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         str(seed): {
             name: {k: v for k, v in run.items() if k != "test"} | {"test": _strip(run["test"])}
             for name, run in runs.items()
-            if name in ("shallow", "base", "deep")
+            if name in ("shallow", "base", "standard2x", "deep")
         }
         for seed, runs in runs_by_seed.items()
     }
@@ -162,6 +162,7 @@ def _pct(x: float | None) -> str:
 def markdown(results: dict[str, Any]) -> str:
     cfg, gate = results["config"], results["gate"]
     shallow, deep, names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
+    written = bool(cfg.get("base_writes_intermediate"))
     lines = [
         "# `tah repro twohop` results",
         "",
@@ -180,15 +181,25 @@ def markdown(results: dict[str, Any]) -> str:
         f"Standard, wide (≥ TaH+'s parameters) and deep (the base grown to {deep} layers, the "
         "new layers' output projections starting at zero).",
         "",
+        *(
+            [
+                "Written-out base: the base trains on two-hop queries with their intermediate "
+                "written (`gf x F(x) G(F(x))`); every other model trains, and every model is "
+                "tested, on the bare answer (`gf x G(F(x))`).",
+                "",
+            ]
+            if written
+            else []
+        ),
         f"Rules (every seed): the base answers ≥ {gate['rules']['base_one_hop_min']} % of "
         "one-hop test queries; on two-hop test queries, deep − Standard ≥ "
-        f"{gate['rules']['deep_minus_standard_min']} points, |Standard − base| ≤ "
+        f"{gate['rules']['deep_minus_standard_min']} points, |Standard 2F − Standard| ≤ "
         f"{gate['rules']['more_steps_change_max']} and wide − Standard ≤ "
         f"{gate['rules']['wide_minus_standard_max']}.",
         "",
-        f"| seed | base {shallow}L | Standard {shallow}L (+ F) | wide {shallow}L (+ F) "
-        f"| deep {deep}L (+ F) | one-hop (base / deep) | checks |",
-        "|---|---|---|---|---|---|---|",
+        f"| seed | base {shallow}L | Standard {shallow}L (+ F) | Standard (+ 2F) "
+        f"| wide {shallow}L (+ F) | deep {deep}L (+ F) | one-hop (base / deep) | checks |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for seed, row in sorted(gate["per_seed"].items()):
         a, o = row["two_hop"], row["one_hop"]
@@ -196,7 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
         ok = ", ".join(f"{k} {mark[v]}" for k, v in row["checks"].items())
         lines.append(
             f"| {seed} | {_num(a.get('base'))} | {_num(a.get('standard'))} | "
-            f"{_num(a.get('wide'))} | {_num(a.get('deep'))} | {_num(o.get('base'))} / "
+            f"{_num(a.get('standard2x'))} | {_num(a.get('wide'))} | {_num(a.get('deep'))} | {_num(o.get('base'))} / "
             f"{_num(o.get('deep'))} | {ok} |"
         )
     lines += [
@@ -204,8 +215,9 @@ def markdown(results: dict[str, Any]) -> str:
         "Standard-only runs by query kind (f and g: one lookup; gf: two), with the job's wall "
         "time (base rounds: validation one-hop accuracy after each):",
         "",
-        "| seed | model | params | steps | f | g | gf | gf answered F(x) | wall (s) | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| seed | model | params | steps | f | g | gf | gf answered F(x) | wall (s) | rounds |"
+        + (" written gf: 2nd step |" if written else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if written else ""),
     ]
     for seed, runs in sorted(results.get("gate_runs", {}).items()):
         for name, run in runs.items():
@@ -218,6 +230,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{run['steps']} | {_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
                 f"{_pct(run['test'].get('two_hop_predicted_intermediate'))} | "
                 f"{run.get('wall_s', float('nan')):.0f} | {rounds or '–'} |"
+                + (f" {_pct(run.get('written_second_step'))} |" if written else "")
             )
     lines += [
         "",
@@ -387,7 +400,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_curve.set_title("Gate runs: learning curves")
     ax_curve.legend(fontsize=7)
     gate = results["gate"]["per_seed"]
-    names = ("base", "standard", "wide", "deep")
+    names = ("base", "standard", "standard2x", "wide", "deep")
     for i, name in enumerate(names):
         values = [row["two_hop"].get(name) for row in gate.values()]
         values = [v for v in values if v is not None]
@@ -398,7 +411,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_gate.axhline(100 / results["task"]["pairs"], color="grey", ls=":", label="query-blind")
     ax_gate.set_xticks(
         range(len(names)),
-        [f"base {shallow}L", f"{shallow}L + F", f"{shallow}L wide + F", f"{deep}L grown + F"],
+        [
+            f"base {shallow}L",
+            f"{shallow}L + F",
+            f"{shallow}L + 2F",
+            f"{shallow}L wide + F",
+            f"{deep}L grown + F",
+        ],
+        fontsize=8,
     )
     ax_gate.set_ylabel("two-hop accuracy (%)")
     ax_gate.set_title("Gate: Standard models only")

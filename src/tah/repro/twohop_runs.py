@@ -367,6 +367,27 @@ def predict(
     )
 
 
+@torch.no_grad()
+def written_second_step_accuracy(
+    forward: Callable[[TwoHopBatch], tuple[torch.Tensor, torch.Tensor | None]],
+    task: TwoHopTask,
+    batches: list[TwoHopBatch],
+) -> float:
+    """On written-out two-hop queries (``gf x F(x) ?``): how often the model, given the written
+    intermediate, predicts G(F(x)). The second lookup a base taught that format can do."""
+    if not task.written_intermediate:
+        raise ValueError("written_second_step_accuracy needs a task with written_intermediate")
+    slots = task.answer_positions()
+    right = count = 0
+    for batch in batches:
+        logits, _ = forward(batch)
+        guess = logits[:, slots].argmax(-1)
+        two = batch.kinds == TWO_HOP
+        right += int((guess == batch.input_ids[:, slots + 1])[two].sum())
+        count += int(two.sum())
+    return right / max(count, 1)
+
+
 def standard_forward(model: nn.Module):
     model.eval()
     return lambda batch: (model(input_ids=batch.input_ids, use_cache=False).logits, None)
