@@ -142,6 +142,16 @@ def test_written_second_step_accuracy_against_a_brute_force_count():
         written_second_step_accuracy(forward, TwoHopTask(), batches)
 
 
+def test_decider_reads_the_named_layers():
+    from tah.repro.twohop import preset
+    from tah.repro.twohop_runs import decider_layers
+
+    assert decider_layers(4) == [2, 4] and decider_layers(4, "all") == [1, 2, 3, 4]
+    assert decider_layers(1) == [1]
+    with pytest.raises(ConfigError, match="decider_reads"):
+        preset("quick").with_overrides(["decider_reads=first"])
+
+
 def test_written_base_settings_are_checked():
     from tah.repro.twohop import preset
 

@@ -64,6 +64,7 @@ BASE_JOBS = ("shallow", "base")  # from scratch, then trained on to convergence
 ARM_GATE_JOBS = ("standard", "standard2x", "wide", "deep")
 GATE_JOBS = (*BASE_JOBS, *ARM_GATE_JOBS)
 TAH_JOBS = ("tahplus", "alwaysthink")
+DECIDER_READS = ("middle_last", "all")  # see twohop_runs.decider_layers
 
 #: The gate, fixed before any TaH model is trained (issue 11). Accuracies in points on held-out
 #: test queries, every seed. History: the first version compared a 2x deeper model trained from
@@ -138,6 +139,9 @@ class TwoHopConfig:
     finetune_lr: float = 1e-3
     lora_r: int = 8
     decider_hidden: int = 32
+    # Hidden states the decider reads: "middle_last" (layers L/2 and L) or "all". Exploratory,
+    # chosen on validation: "all" with decider_steps=2000 (NOTES.md, section 6).
+    decider_reads: str = "middle_last"
     pos_weight: float = 1.0
     threshold: float = READOUT["threshold_tau"]
     tau_sweep: list[float] = field(default_factory=lambda: list(READOUT["tau_sweep"]))
@@ -163,6 +167,10 @@ class TwoHopConfig:
             )
         if not self.seeds:
             raise ConfigError("twohop: seeds is empty; give e.g. --seeds 0,1,2")
+        if self.decider_reads not in DECIDER_READS:
+            raise ConfigError(
+                f"twohop: decider_reads must be one of {DECIDER_READS}, got {self.decider_reads!r}"
+            )
 
     @property
     def task_spec(self) -> TwoHopTask:

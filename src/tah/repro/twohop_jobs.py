@@ -100,7 +100,9 @@ def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
     task = config.task_spec
     base = new_standard(task, _shape(config, config.shallow_layers), 0)
-    cfg = tah_config("mlp", config.lora_r, config.decider_hidden, config.shallow_layers)
+    cfg = tah_config(
+        "mlp", config.lora_r, config.decider_hidden, config.shallow_layers, config.decider_reads
+    )
     return count_parameters(new_tah(base, cfg))
 
 
@@ -295,7 +297,7 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
     from tah import TaHForCausalLM
 
     task = cfg.task_spec
-    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers)
+    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers, cfg.decider_reads)
     overrides = {
         k: getattr(mlp, k)
         for k in ("decider_topk", "decider_hidden_dims", "decider_expansion", "decider_dropout")

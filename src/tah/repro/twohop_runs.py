@@ -151,8 +151,19 @@ def deepen(model: nn.Module, layers: int, seed: int) -> nn.Module:
     return deep
 
 
-def tah_config(decider: str, lora_r: int, decider_hidden: int, layers: int = 2) -> Any:
-    """TaH settings for a ``layers``-deep base; the decider reads the middle and last layer."""
+def decider_layers(layers: int, reads: str = "middle_last") -> list[int]:
+    """The layers whose hidden states the decider reads: the middle and the last one, or all."""
+    if reads == "all":
+        return list(range(1, layers + 1))
+    if reads == "middle_last":
+        return sorted({max(1, layers // 2), layers})
+    raise ValueError(f"decider_reads must be 'middle_last' or 'all', got {reads!r}")
+
+
+def tah_config(
+    decider: str, lora_r: int, decider_hidden: int, layers: int = 2, reads: str = "middle_last"
+) -> Any:
+    """TaH settings for a ``layers``-deep base; the decider reads the layers ``reads`` names."""
     from tah import TaHConfig
 
     return TaHConfig(
@@ -167,7 +178,7 @@ def tah_config(decider: str, lora_r: int, decider_hidden: int, layers: int = 2) 
         decider_hidden_dims=[decider_hidden, decider_hidden],
         decider_expansion=2,
         decider_dropout=0.0,
-        decider_layers=sorted({max(1, layers // 2), layers}),
+        decider_layers=decider_layers(layers, reads),
     )
 
 
