@@ -396,3 +396,19 @@ def test_quick_study_with_a_bare_answer_base(tmp_path):
     runs = saved["gate_runs"]["0"]
     assert all("written_second_step" not in runs[job] for job in ("shallow", "base"))
     assert 0.0 <= saved["per_seed"]["0"]["tahplus"]["accuracy"]["gf"] <= 1.0
+
+
+def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
+    from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop_jobs import run_job
+
+    config = preset("quick")
+    run_study(config, tmp_path, show_progress=False)
+    result = tmp_path / "seed0" / "alwaysthink" / "result.json"
+    first = json.loads(result.read_text())
+    torch.manual_seed(12345)  # another process history: the LoRA must initialise the same
+    torch.rand(100)
+    run_job(config.to_dict(), str(tmp_path), 0, "alwaysthink")
+    second = json.loads(result.read_text())
+    assert first["train_loss"] == second["train_loss"]
+    assert first["test"]["correct"] == second["test"]["correct"]

@@ -270,7 +270,10 @@ def _finetune_job(
         result["layers"] = model.config.num_hidden_layers
         return result
 
-    # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2).
+    # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2). The LoRA's
+    # initialisation draws from the global generator: seed it, or it depends on which jobs this
+    # worker process ran before.
+    torch.manual_seed(seed)
     model = new_tah(base, tah_config("label", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers))
     model.set_trainable(backbone=True, lora=True, decider=False)
     model.train()
