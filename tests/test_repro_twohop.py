@@ -354,7 +354,7 @@ def test_routing_modes_of_a_tah_model():
     task = TwoHopTask(entities=8, pairs=4, queries=3)
     base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
     batches = eval_batches(task, 6, seed=5)
-    learned = new_tah(base, tah_config("mlp", 4, 16))
+    learned = new_tah(base, tah_config("mlp", 4, 16), seed=0)
     everything = predict(tah_forward(learned, threshold=0.0), task, batches)
     nothing = predict(tah_forward(learned, threshold=1.0), task, batches)
     depth1 = predict(tah_forward(learned, max_depth=1), task, batches)
@@ -367,7 +367,7 @@ def test_routing_modes_of_a_tah_model():
         depth1.predicted[: plain.shape[0] * task.queries],
         plain[:, task.answer_positions() - 1].argmax(-1).flatten(),
     )
-    oracle = new_tah(base, tah_config("label", 4, 16))
+    oracle = new_tah(base, tah_config("label", 4, 16), seed=0)
     routed = predict(tah_forward(oracle, labeller=base), task, batches)
     # oracle routing iterates exactly the answers the labeller (here: the base) gets wrong
     assert torch.equal(routed.answers_iterated, ~depth1.correct)

@@ -103,7 +103,7 @@ def tahplus_parameters(config: TwoHopConfig) -> int:
     cfg = tah_config(
         "mlp", config.lora_r, config.decider_hidden, config.shallow_layers, config.decider_reads
     )
-    return count_parameters(new_tah(base, cfg))
+    return count_parameters(new_tah(base, cfg, seed=0))
 
 
 def wide_intermediate(config: TwoHopConfig) -> int:
@@ -132,7 +132,7 @@ def run_job(config: dict[str, Any], out: str, seed: int, name: str) -> dict[str,
 
 
 # ------------------------------------------------------------------ the base (Standard only)
-def _written(cfg: TwoHopConfig, model, problems: int, seed: int) -> dict[str, float]:
+def _written_second_step(cfg: TwoHopConfig, model, problems: int, seed: int) -> dict[str, float]:
     """With a written-format base: its second-step accuracy given the written intermediate."""
     if not cfg.base_writes_intermediate:
         return {}
@@ -159,7 +159,7 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
         acc = predict(standard_forward(model), task, val).summary()["accuracy"]
         model.train()
         point = {"step": step, "one_hop": acc["one_hop"], "two_hop": acc["gf"]}
-        point |= _written(cfg, model, cfg.curve_problems, VAL_SEED)
+        point |= _written_second_step(cfg, model, cfg.curve_problems, VAL_SEED)
         curve.append(point)
         print(f"step {step}: one-hop {acc['one_hop']:.3f}  two-hop {acc['gf']:.3f}", flush=True)
 
@@ -183,7 +183,7 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
         "train_loss": log.losses,
         "validation_curve": curve,
         "test": _outcome(test),
-        **_written(cfg, model, cfg.test_problems, TEST_SEED),
+        **_written_second_step(cfg, model, cfg.test_problems, TEST_SEED),
     }
 
 
@@ -226,7 +226,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         "rounds": rounds,
         "parameters": count_parameters(model),
         "test": _outcome(test),
-        **_written(cfg, model, cfg.test_problems, TEST_SEED),
+        **_written_second_step(cfg, model, cfg.test_problems, TEST_SEED),
     }
 
 
@@ -270,11 +270,9 @@ def _finetune_job(
         result["layers"] = model.config.num_hidden_layers
         return result
 
-    # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2). The LoRA's
-    # initialisation draws from the global generator: seed it, or it depends on which jobs this
-    # worker process ran before.
-    torch.manual_seed(seed)
-    model = new_tah(base, tah_config("label", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers))
+    # TaH arms: stage 1 under label routing (AlwaysThink: every token at depth 2).
+    label = tah_config("label", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers)
+    model = new_tah(base, label, seed)
     model.set_trainable(backbone=True, lora=True, decider=False)
     model.train()
     routing = None if name == "alwaysthink" else labeller

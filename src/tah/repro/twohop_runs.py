@@ -182,12 +182,14 @@ def tah_config(
     )
 
 
-def new_tah(base: nn.Module, config: Any) -> nn.Module:
-    """TaH around a copy of ``base`` (with a fresh LoRA for the deeper pass)."""
+def new_tah(base: nn.Module, config: Any, seed: int) -> nn.Module:
+    """TaH around a copy of ``base`` with a fresh LoRA for the deeper pass, drawn from ``seed``
+    (unseeded, it would depend on what the process drew before)."""
     import copy
 
     from tah import TaHForCausalLM
 
+    torch.manual_seed(seed)
     return TaHForCausalLM.from_base(copy.deepcopy(base), config)
 
 
