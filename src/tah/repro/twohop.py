@@ -35,13 +35,13 @@ many steps a model takes to learn its first lookup varies from seed to seed and 
 what depth buys. Grown from the base, it gets exactly what TaH gets: the trained base, more
 depth for the answer, and F steps.
 
-The written-out base (``--set base_writes_intermediate=true task.separators=true``): the base
-learns two-hop queries with their intermediate written (``gf x F(x) G(F(x))``), the way a model
-that writes its reasoning answers; every arm is fine-tuned and tested on the bare answer. Such a
-base guesses F(x) at a bare two-hop answer, the useful first guess TaH's second pass needs (with
-the default base no model ever emits F(x) there). Its two-hop accuracy on the bare format starts
-at 0 %, so the gate's plateau rule compares Standard after F and after 2F steps
-(``standard2x``), not Standard with the base.
+The base writes the intermediate out (the default; ``--set base_writes_intermediate=false`` for
+the earlier bare-answer base): it learns two-hop queries as ``gf x F(x) G(F(x))``, the way a
+model that writes its reasoning answers, while every arm is fine-tuned and every model tested on
+the bare answer ``gf x G(F(x))``. Such a base guesses F(x) at a bare two-hop answer, the useful
+first guess TaH's second pass needs (a bare-answer base never emits F(x) there). Its two-hop
+accuracy on the bare format is 0 % by construction, so the gate's plateau rule compares Standard
+after F and after 2F steps (``standard2x``), not Standard with the base.
 
 Every job writes ``result.json`` when it finishes, so a rerun skips finished jobs.
 """
@@ -127,8 +127,8 @@ class TwoHopConfig:
     # with a bare-answer base, do not compose them (docs/repro-twohop/NOTES.md).
     shallow_layers: int = 4
     deep_layers: int = 8  # the deep control: the base grown to this depth
-    # S: a written-out tied base learns its lookups at step 2000-10000 (4000 + 1-2 rounds);
-    # the bare-answer base of the earlier study used 12000.
+    # S: written-out tied bases learned both lookups within 4000 + 1 or 2 rounds of 4000 steps
+    # on seeds 0 and 2, and seed 1 not in 20000 (NOTES.md, 6); the bare-answer base used 12000.
     base_steps: int = 4000
     base_round_steps: int = 4000  # E: one more round for a base not yet at the precondition
     base_max_rounds: int = 2  # R
@@ -275,8 +275,14 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
     from tah.repro.jobs import Job
 
     # Ready jobs start largest cost first.
-    cost = {"shallow": 9.0, "base": 3.0, "deep": 2.0, "standard2x": 2.0, "tahplus": 3.0}
-    cost["alwaysthink"] = 2.5
+    cost = {
+        "shallow": 9.0,
+        "base": 3.0,
+        "tahplus": 3.0,
+        "alwaysthink": 2.5,
+        "deep": 2.0,
+        "standard2x": 2.0,
+    }
     jobs = []
     for seed in config.seeds:
         for name in names:
