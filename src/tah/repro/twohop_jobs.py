@@ -41,6 +41,9 @@ from tah.repro.twohop_runs import (
 # Disjoint problem streams: training rows, validation and test problems never share a seed.
 TEST_SEED, VAL_SEED, GATE_STREAM, FINETUNE_STREAM, DECIDER_STREAM = 10**6, 2 * 10**6, 0, 1, 2
 BASE_ROUND_STREAM = 10  # round k of the base trains on stream BASE_ROUND_STREAM + k
+# A restarted base (attempt a >= 1): init seed seed + a * RESTART_SEED_OFFSET, problem streams
+# RESTART_STREAM + 10 a + k (its first S steps k = 0, then round k)
+RESTART_SEED_OFFSET, RESTART_STREAM = 10**4, 100
 
 
 def _stream(seed: int, which: int) -> int:
@@ -189,45 +192,80 @@ def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path
 
 def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
     """The shallow model, trained on in rounds while it misses the one-hop precondition on
-    validation problems (never the test problems): the starting model of every arm."""
-    task = cfg.task_spec
-    model = _load_standard(job_dir(out, seed, "shallow") / "model")
-    val = eval_batches(task, cfg.val_problems, VAL_SEED)
-    report = _Reporter(where / "progress.json", max(1, cfg.base_round_steps * cfg.base_max_rounds))
+    validation problems (never the test problems): the starting model of every arm.
 
-    def one_hop() -> float:
+    An attempt is the model after S steps plus at most R rounds. If one ends below the
+    precondition, the base starts again from a fresh initialisation and problem stream, at most
+    ``base_restarts`` times (attempt 0 is the ``shallow`` job's model)."""
+    task = cfg.task_spec
+    val = eval_batches(task, cfg.val_problems, VAL_SEED)
+    per_attempt = cfg.base_steps + cfg.base_round_steps * cfg.base_max_rounds
+    report = _Reporter(where / "progress.json", per_attempt * (1 + cfg.base_restarts))
+    report.done = cfg.base_steps  # attempt 0's first S steps are the shallow job's
+
+    def one_hop(model) -> float:
         return predict(standard_forward(model), task, val).summary()["accuracy"]["one_hop"]
 
-    rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop()}]
-    while (
-        100 * rounds[-1]["validation_one_hop"] < GATE["base_one_hop_min"]
-        and len(rounds) <= cfg.base_max_rounds
-    ):
-        k = len(rounds)
-        model.train()
-        settings = TrainSettings(
-            steps=cfg.base_round_steps,
-            batch=cfg.batch,
-            lr=cfg.lr,
-            data_seed=_stream(seed, BASE_ROUND_STREAM + k),
-        )
-        train_loop(
-            list(model.parameters()), standard_loss(model), cfg.base_task_spec, settings, report
-        )
-        rounds.append({"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop()})
-        print(f"round {k}: validation one-hop {rounds[-1]['validation_one_hop']:.3f}", flush=True)
+    def converged(rounds: list[dict[str, Any]]) -> bool:
+        return 100 * rounds[-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
+
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1 + cfg.base_restarts):
+        if attempt == 0:
+            model = _load_standard(job_dir(out, seed, "shallow") / "model")
+        else:
+            model = new_standard(
+                task, _shape(cfg, cfg.shallow_layers), _restart_seed(seed, attempt)
+            )
+            _train_standard(cfg, model, cfg.base_steps, _restart_stream(seed, attempt, 0), report)
+        rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop(model)}]
+        while not converged(rounds) and len(rounds) <= cfg.base_max_rounds:
+            k = len(rounds)
+            stream = _restart_stream(seed, attempt, k)
+            _train_standard(cfg, model, cfg.base_round_steps, stream, report)
+            rounds.append(
+                {"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop(model)}
+            )
+            print(
+                f"attempt {attempt} round {k}: validation one-hop "
+                f"{rounds[-1]['validation_one_hop']:.3f}",
+                flush=True,
+            )
+        attempts.append({"attempt": attempt, "rounds": rounds})
+        if converged(rounds):
+            break
+        report.done = per_attempt * (attempt + 1)
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
     _save_standard(model, build_tokenizer(task), where / "model")
     return {
         "kind": "base",
         "layers": cfg.shallow_layers,
         "intermediate": cfg.intermediate,
-        "steps": sum(r["steps"] for r in rounds),
+        "steps": sum(r["steps"] for r in rounds),  # of the attempt kept
         "rounds": rounds,
+        "attempts": attempts,
         "parameters": count_parameters(model),
         "test": _outcome(test),
         **_written_second_step(cfg, model, cfg.test_problems, TEST_SEED),
     }
+
+
+def _restart_seed(seed: int, attempt: int) -> int:
+    """Initialisation seed of a restarted base (attempt >= 1): apart from every study seed."""
+    return seed + RESTART_SEED_OFFSET * attempt
+
+
+def _restart_stream(seed: int, attempt: int, k: int) -> int:
+    """Problem stream of attempt ``attempt``'s first S steps (k = 0) or its round k."""
+    if attempt == 0:
+        return _stream(seed, BASE_ROUND_STREAM + k)  # k >= 1 here: rounds of the shallow model
+    return _stream(seed, RESTART_STREAM + 10 * attempt + k)
+
+
+def _train_standard(cfg: TwoHopConfig, model, steps: int, data_seed: int, report) -> None:
+    model.train()
+    settings = TrainSettings(steps=steps, batch=cfg.batch, lr=cfg.lr, data_seed=data_seed)
+    train_loop(list(model.parameters()), standard_loss(model), cfg.base_task_spec, settings, report)
 
 
 # ------------------------------------------------------------------ fine-tuning arms
