@@ -412,3 +412,52 @@ def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
     second = json.loads(result.read_text())
     assert first["train_loss"] == second["train_loss"]
     assert first["test"]["correct"] == second["test"]["correct"]
+
+
+def test_base_restarts_from_a_fresh_init_only_while_it_misses_the_precondition(
+    tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from tah.repro.twohop import GATE, preset
+    from tah.repro.twohop_jobs import run_job
+
+    config = preset("quick").with_overrides(["base_restarts=2"])
+    run_job(config.to_dict(), str(tmp_path), 0, "shallow")
+
+    def base() -> dict:
+        run_job(config.to_dict(), str(tmp_path), 0, "base")
+        return json.loads((tmp_path / "seed0" / "base" / "result.json").read_text())
+
+    # Never reached: every attempt trains S + R rounds; the kept one is the best on validation.
+    monkeypatch.setitem(GATE, "base_one_hop_min", 101.0)
+    never = base()
+    assert [a["attempt"] for a in never["attempts"]] == [0, 1, 2]
+    assert all(len(a["rounds"]) == config.base_max_rounds + 1 for a in never["attempts"])
+    finals = [a["rounds"][-1]["validation_one_hop"] for a in never["attempts"]]
+    assert never["rounds"] == never["attempts"][never["attempt_kept"]]["rounds"]
+    assert never["rounds"][-1]["validation_one_hop"] == max(finals)
+    from tah.repro.twohop_report import _rounds_text
+
+    shown = _rounds_text(never)
+    assert shown.count("attempt ") == 3 and f"attempt {never['attempt_kept']} (kept)" in shown
+    # Reached at once: attempt 0 is the shallow model itself, untouched (as before restarts).
+    monkeypatch.setitem(GATE, "base_one_hop_min", 0.0)
+    at_once = base()
+    assert at_once["attempts"] == [{"attempt": 0, "rounds": at_once["rounds"]}]
+    assert len(at_once["rounds"]) == 1 and at_once["attempt_kept"] == 0
+    load = AutoModelForCausalLM.from_pretrained
+    shallow = load(str(tmp_path / "seed0" / "shallow" / "model")).state_dict()
+    kept = load(str(tmp_path / "seed0" / "base" / "model")).state_dict()
+    assert all(torch.equal(shallow[k], kept[k]) for k in shallow)
+
+
+def test_restarted_bases_draw_their_own_seeds_and_streams():
+    from tah.repro.twohop_jobs import _restart_seed, _restart_stream, _stream
+
+    seeds = {_restart_seed(s, a) for s in range(3) for a in range(1, 3)}
+    assert len(seeds) == 6 and not seeds & {0, 1, 2}
+    streams = {_restart_stream(s, a, k) for s in range(3) for a in range(3) for k in range(1, 3)}
+    streams |= {_restart_stream(s, a, 0) for s in range(3) for a in range(1, 3)}
+    others = {_stream(s, w) for s in range(3) for w in range(3)}  # gate, fine-tune, decider
+    assert len(streams) == 3 * 3 * 2 + 3 * 2 and not streams & others

@@ -210,6 +210,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         return 100 * rounds[-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
 
     attempts: list[dict[str, Any]] = []
+    best = None
     for attempt in range(1 + cfg.base_restarts):
         if attempt == 0:
             model = _load_standard(job_dir(out, seed, "shallow") / "model")
@@ -232,9 +233,15 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
                 flush=True,
             )
         attempts.append({"attempt": attempt, "rounds": rounds})
+        score = rounds[-1]["validation_one_hop"]
+        if best is None or score > best[0]:
+            best = (score, model, rounds, attempt)
         if converged(rounds):
             break
         report.done = per_attempt * (attempt + 1)
+    # Kept: the attempt that passed, or (all failed: the study will stop at the precondition)
+    # the one best on validation.
+    _, model, rounds, kept = best
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
     _save_standard(model, build_tokenizer(task), where / "model")
     return {
@@ -244,6 +251,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         "steps": sum(r["steps"] for r in rounds),  # of the attempt kept
         "rounds": rounds,
         "attempts": attempts,
+        "attempt_kept": kept,
         "parameters": count_parameters(model),
         "test": _outcome(test),
         **_written_second_step(cfg, model, cfg.test_problems, TEST_SEED),

@@ -159,6 +159,22 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _rounds_text(run: dict[str, Any]) -> str:
+    """Validation one-hop after S and each round; with restarts, every attempt (kept one marked)."""
+
+    def chain(rounds: list[dict[str, Any]]) -> str:
+        return " → ".join(f"{100 * r['validation_one_hop']:.1f}" for r in rounds)
+
+    attempts = run.get("attempts", [])
+    if len(attempts) <= 1:
+        return chain(run.get("rounds", []))
+    kept = run.get("attempt_kept")
+    return "; ".join(
+        f"attempt {a['attempt']}{' (kept)' if a['attempt'] == kept else ''}: {chain(a['rounds'])}"
+        for a in attempts
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg, gate = results["config"], results["gate"]
     shallow, deep, names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
@@ -176,7 +192,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"The base: {shallow} layers trained from scratch for S = {cfg['base_steps']} steps (lr "
         f"{cfg['lr']}, batch {cfg['batch']}), then up to {cfg['base_max_rounds']} more rounds of "
         f"{cfg['base_round_steps']} steps while its one-hop accuracy on validation problems is "
-        f"under {gate['rules']['base_one_hop_min']} %. Every other model starts from the base and "
+        f"under {gate['rules']['base_one_hop_min']} %; still under it, the base starts again "
+        f"from a fresh initialisation, at most {cfg.get('base_restarts', 0)} times. "
+        "Every other model starts from the base and "
         f"trains F = {cfg['finetune_steps']} steps (lr {cfg['finetune_lr']}) on the same rows: "
         f"Standard, wide (≥ TaH+'s parameters) and deep (the base grown to {deep} layers, the "
         "new layers' output projections starting at zero).",
@@ -222,9 +240,7 @@ def markdown(results: dict[str, Any]) -> str:
     for seed, runs in sorted(results.get("gate_runs", {}).items()):
         for name, run in runs.items():
             acc = run["test"]["accuracy"]
-            rounds = " → ".join(
-                f"{100 * r['validation_one_hop']:.1f}" for r in run.get("rounds", [])
-            )
+            rounds = _rounds_text(run)
             lines.append(
                 f"| {seed} | {name} ({run.get('layers', '?')}L) | {run['parameters']:,} | "
                 f"{run['steps']} | {_pct(acc['f'])} | {_pct(acc['g'])} | {_pct(acc['gf'])} | "
