@@ -461,3 +461,54 @@ def test_restarted_bases_draw_their_own_seeds_and_streams():
     streams |= {_restart_stream(s, a, 0) for s in range(3) for a in range(1, 3)}
     others = {_stream(s, w) for s in range(3) for w in range(3)}  # gate, fine-tune, decider
     assert len(streams) == 3 * 3 * 2 + 3 * 2 and not streams & others
+
+
+def test_mixed_batches_stack_written_and_bare_problems():
+    from dataclasses import replace
+
+    from tah.data.twohop import sample_batch, sample_mixed_batch
+
+    task = TwoHopTask(separators=True)
+    written = replace(task, written_intermediate=True)
+    mixed = sample_mixed_batch(task, 10, 4, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    head, tail = sample_batch(written, 4, gen), sample_batch(task, 6, gen)
+    assert torch.equal(mixed.input_ids, torch.cat([head.input_ids, tail.input_ids]))
+    assert torch.equal(mixed.labels, torch.cat([head.labels, tail.labels]))
+    assert torch.equal(mixed.answers, torch.cat([head.answers, tail.answers]))
+    # written rows supervise one more token per two-hop query than bare rows
+    per_row = (mixed.labels != -100).sum(1)
+    two_hop = (mixed.kinds == 2).sum(1)
+    assert torch.equal(per_row, task.queries + two_hop * torch.tensor([1] * 4 + [0] * 6))
+    # none written: exactly the plain stream
+    plain = sample_batch(task, 10, torch.Generator().manual_seed(3))
+    none = sample_mixed_batch(task, 10, 0, torch.Generator().manual_seed(3))
+    assert torch.equal(plain.input_ids, none.input_ids)
+    with pytest.raises(ConfigError, match="written problems per batch"):
+        sample_mixed_batch(task, 10, 11, torch.Generator())
+
+
+def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
+    from tah.repro.twohop import preset
+
+    with pytest.raises(ConfigError, match="finetune_written_share must be in"):
+        preset("quick").with_overrides(["finetune_written_share=1.0"])
+    with pytest.raises(ConfigError, match="needs base_writes_intermediate"):
+        preset("quick").with_overrides(
+            ["finetune_written_share=0.5", "base_writes_intermediate=false"]
+        )
+    config = preset("quick").with_overrides(["finetune_written_share=0.5"])
+    assert config.written_per_batch == config.batch // 2
+    # The standard arm trains on other rows with the mix (same base, same stream seed).
+    from tah.repro.twohop_jobs import run_job
+
+    losses = {}
+    for share in (0.0, 0.5):
+        cfg = preset("quick").with_overrides([f"finetune_written_share={share}"]).to_dict()
+        if share == 0.0:
+            run_job(cfg, str(tmp_path), 0, "shallow")
+            run_job(cfg, str(tmp_path), 0, "base")
+        run_job(cfg, str(tmp_path), 0, "standard")
+        saved = json.loads((tmp_path / "seed0" / "standard" / "result.json").read_text())
+        losses[share] = saved["train_loss"]
+    assert losses[0.0] != losses[0.5]

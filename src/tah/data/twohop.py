@@ -33,7 +33,7 @@ fresh problems and a seed reproduces the exact stream.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -189,6 +189,26 @@ def sample_batch(task: TwoHopTask, size: int, generator: torch.Generator) -> Two
         finals = positions + 1
         labels[:, finals] = torch.where(kinds == TWO_HOP, ids[:, finals], IGNORE)
     return TwoHopBatch(ids, labels, kinds, answers, intermediates)
+
+
+def sample_mixed_batch(
+    task: TwoHopTask, size: int, written: int, generator: torch.Generator
+) -> TwoHopBatch:
+    """``size`` fresh problems: the first ``written`` in the written-out format, the rest in
+    ``task``'s own. Both formats have the same length and positions, so they stack. With
+    ``written == 0`` this is exactly :func:`sample_batch` (the same draws)."""
+    if written == 0:
+        return sample_batch(task, size, generator)
+    if not 0 < written <= size:
+        raise ConfigError(
+            f"twohop: written problems per batch must be in [0, {size}], got {written}"
+        )
+    parts = [sample_batch(replace(task, written_intermediate=True), written, generator)]
+    if written < size:
+        parts.append(sample_batch(task, size - written, generator))
+    return TwoHopBatch(
+        **{f.name: torch.cat([getattr(b, f.name) for b in parts]) for f in fields(TwoHopBatch)}
+    )
 
 
 def shortcut_accuracy(task: TwoHopTask) -> float:

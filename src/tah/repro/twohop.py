@@ -137,6 +137,11 @@ class TwoHopConfig:
     # from its first init; registered before the run that used it, NOTES.md section 7).
     base_restarts: int = 2
     finetune_steps: int = 2000  # F
+    # Share of every fine-tuning batch (all arms, both TaH stages) drawn in the written-out
+    # format, the rest bare; tests stay bare. 0: bare only. Needs base_writes_intermediate.
+    # Why: fine-tuned on bare answers only, Standard unlearns the F(x) guess and never composes;
+    # on a mix it does (NOTES.md, section 8).
+    finetune_written_share: float = 0.0
     decider_steps: int = 2000  # D (stage 2)
     batch: int = 32
     lr: float = 1e-3
@@ -174,6 +179,13 @@ class TwoHopConfig:
             )
         if not self.seeds:
             raise ConfigError("twohop: seeds is empty; give e.g. --seeds 0,1,2")
+        if not 0.0 <= float(self.finetune_written_share) < 1.0:
+            raise ConfigError(
+                "twohop: finetune_written_share must be in [0, 1) (the arms are tested on bare "
+                f"answers), got {self.finetune_written_share}"
+            )
+        if self.finetune_written_share and not self.base_writes_intermediate:
+            raise ConfigError("twohop: finetune_written_share needs base_writes_intermediate=true")
         if self.decider_reads not in DECIDER_READS:
             raise ConfigError(
                 f"twohop: decider_reads must be one of {DECIDER_READS}, got {self.decider_reads!r}"
@@ -192,6 +204,11 @@ class TwoHopConfig:
                 "base_writes_intermediate=true instead"
             )
         return task
+
+    @property
+    def written_per_batch(self) -> int:
+        """Problems per fine-tuning batch in the written-out format."""
+        return round(float(self.finetune_written_share) * int(self.batch))
 
     @property
     def base_task_spec(self) -> TwoHopTask:

@@ -291,6 +291,7 @@ def _finetune_job(
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, FINETUNE_STREAM),
+        written_per_batch=cfg.written_per_batch,
     )
     test_batches = eval_batches(task, cfg.test_problems, TEST_SEED)
     total = steps + (cfg.decider_steps if name == "tahplus" else 0)
@@ -361,6 +362,7 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, DECIDER_STREAM),
+        written_per_batch=cfg.written_per_batch,
     )
     params = list(model.decider_parameters())
     log = train_loop(params, stage2_loss(model, labeller, cfg.pos_weight), task, settings, report)

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from tah.data.twohop import KINDS, TWO_HOP, TwoHopBatch, TwoHopTask, sample_batch
+from tah.data.twohop import (
+    KINDS,
+    TWO_HOP,
+    TwoHopBatch,
+    TwoHopTask,
+    sample_batch,
+    sample_mixed_batch,
+)
 from tah.training.losses import (
     IGNORE,
     decider_bce_sum,
@@ -57,6 +64,8 @@ class TrainSettings:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     data_seed: int = 0  # the problem stream: equal seeds give identical rows in identical order
+    # Problems per batch in the written-out format (the rest in the task's own); 0: none
+    written_per_batch: int = 0
 
 
 # ------------------------------------------------------------------ models
@@ -243,7 +252,7 @@ def train_loop(
     log = TrainLog()
     window = 0.0
     for step in range(1, settings.steps + 1):
-        batch = sample_batch(task, settings.batch, generator)
+        batch = sample_mixed_batch(task, settings.batch, settings.written_per_batch, generator)
         loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
