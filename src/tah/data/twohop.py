@@ -25,7 +25,9 @@ supply the second lookup if the first pass's guess at a two-hop answer is the in
 The written-out format (``written_intermediate``): a two-hop query spells out its intermediate,
 ``gf x F(x) G(F(x))``, both tokens supervised, the way a model that writes its reasoning answers.
 A base taught in that format, then asked for the bare answer (``gf x G(F(x))``), guesses F(x)
-first: the useful first guess TaH's second pass starts from.
+first: the useful first guess TaH's second pass starts from. ``sample_mixed_batch`` draws a
+batch holding both formats (fine-tuning on a mix keeps the written skill, and the F(x) it rests
+on, alive).
 
 Problems are generated in batches on the fly from a torch generator, so every training step sees
 fresh problems and a seed reproduces the exact stream.

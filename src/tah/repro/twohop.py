@@ -12,8 +12,9 @@ Order of the study, per seed (seeds 0, 1, 2):
 1. **Base** (Standard only): ``shallow`` is trained from scratch for S steps; ``base`` is that
    model, trained on in rounds of E steps (a fresh warmup + cosine each) while its one-hop
    accuracy on *validation* problems stays under the gate's precondition, at most R rounds
-   ("trained to convergence", judged on validation only). The base is the starting model of
-   every arm and the labeller (hard token = answer it gets wrong).
+   ("trained to convergence", judged on validation only); a base still under it starts again
+   from a fresh initialisation (at most ``base_restarts`` times). The base is the starting model
+   of every arm and the labeller (hard token = answer it gets wrong).
 2. **Gate** (Standard models only, on one problem stream, F steps each from the base):
    ``standard`` (the base trained on), ``wide`` (a wider MLP, the same function at start and >=
    TaH+'s parameters) and ``deep`` (the base followed by a copy of its own layers whose output
@@ -128,7 +129,8 @@ class TwoHopConfig:
     shallow_layers: int = 4
     deep_layers: int = 8  # the deep control: the base grown to this depth
     # S: written-out tied bases learned both lookups within 4000 + 1 or 2 rounds of 4000 steps
-    # on seeds 0 and 2, and seed 1 not in 20000 (NOTES.md, 6); the bare-answer base used 12000.
+    # on seeds 0 and 2; seed 1 not in 20000 from its first init, and in 8000 after a restart
+    # (NOTES.md, 6 and 7); the bare-answer base used 12000.
     base_steps: int = 4000
     base_round_steps: int = 4000  # E: one more round for a base not yet at the precondition
     base_max_rounds: int = 2  # R

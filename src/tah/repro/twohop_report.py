@@ -103,6 +103,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         aggregate[arm] = {
             "two_hop": mean_std([100 * r["accuracy"]["gf"] for r in rows]),
             "one_hop": mean_std([100 * r["accuracy"]["one_hop"] for r in rows]),
+            "all_queries": mean_std([100 * r["accuracy"]["all"] for r in rows]),
             "share_tokens_iterating": mean_std([100 * r["share_tokens_iterating"] for r in rows]),
             "share_answers_iterating": mean_std([100 * r["share_answers_iterating"] for r in rows]),
             "two_hop_predicted_intermediate": mean_std(
@@ -209,6 +210,16 @@ def markdown(results: dict[str, Any]) -> str:
             if written
             else []
         ),
+        *(
+            [
+                f"Fine-tuning mix: {100 * cfg['finetune_written_share']:.0f} % of every "
+                "fine-tuning batch (every arm, both TaH stages) is in the written-out format, the "
+                "rest bare; every test is bare.",
+                "",
+            ]
+            if cfg.get("finetune_written_share")
+            else []
+        ),
         f"Rules (every seed): the base answers ≥ {gate['rules']['base_one_hop_min']} % of "
         "one-hop test queries; on two-hop test queries, deep − Standard ≥ "
         f"{gate['rules']['deep_minus_standard_min']} points, |Standard 2F − Standard| ≤ "
@@ -283,16 +294,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"## Fine-tuning from the {shallow}-layer base "
             f"({cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}, identical rows)",
             "",
-            "| model | two-hop | one-hop | tokens at depth 2 (%) | answers at depth 2 (%) "
-            "| two-hop answered F(x) (%) |",
-            "|---|---|---|---|---|---|",
+            "| model | two-hop | one-hop | all queries | tokens at depth 2 (%) "
+            "| answers at depth 2 (%) | two-hop answered F(x) (%) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for arm in (*ARMS, "oracle", "depth1"):
             if arm in agg:
                 s = agg[arm]
                 lines.append(
                     f"| {names[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
-                    f"{_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} | "
+                    f"{_pm(s.get('all_queries'))} | {_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} | "
                     f"{_pm(s.get('two_hop_predicted_intermediate'))} |"
                 )
         lines += [
