@@ -1,0 +1,109 @@
+"""The two-hop study's training recipes: base restarts and fine-tuning on mixed formats."""
+
+import json
+
+import pytest
+import torch
+
+from tah.data.twohop import TwoHopTask
+from tah.errors import ConfigError
+
+
+def test_base_restarts_from_a_fresh_init_only_while_it_misses_the_precondition(
+    tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from tah.repro.twohop import GATE, preset
+    from tah.repro.twohop_jobs import run_job
+
+    config = preset("quick").with_overrides(["base_restarts=2"])
+    run_job(config.to_dict(), str(tmp_path), 0, "shallow")
+
+    def base() -> dict:
+        run_job(config.to_dict(), str(tmp_path), 0, "base")
+        return json.loads((tmp_path / "seed0" / "base" / "result.json").read_text())
+
+    # Never reached: every attempt trains S + R rounds; the kept one is the best on validation.
+    monkeypatch.setitem(GATE, "base_one_hop_min", 101.0)
+    never = base()
+    assert [a["attempt"] for a in never["attempts"]] == [0, 1, 2]
+    assert all(len(a["rounds"]) == config.base_max_rounds + 1 for a in never["attempts"])
+    finals = [a["rounds"][-1]["validation_one_hop"] for a in never["attempts"]]
+    assert never["rounds"] == never["attempts"][never["attempt_kept"]]["rounds"]
+    assert never["rounds"][-1]["validation_one_hop"] == max(finals)
+    from tah.repro.twohop_report import _rounds_text
+
+    shown = _rounds_text(never)
+    assert shown.count("attempt ") == 3 and f"attempt {never['attempt_kept']} (kept)" in shown
+    # Reached at once: attempt 0 is the shallow model itself, untouched (as before restarts).
+    monkeypatch.setitem(GATE, "base_one_hop_min", 0.0)
+    at_once = base()
+    assert at_once["attempts"] == [{"attempt": 0, "rounds": at_once["rounds"]}]
+    assert len(at_once["rounds"]) == 1 and at_once["attempt_kept"] == 0
+    load = AutoModelForCausalLM.from_pretrained
+    shallow = load(str(tmp_path / "seed0" / "shallow" / "model")).state_dict()
+    kept = load(str(tmp_path / "seed0" / "base" / "model")).state_dict()
+    assert all(torch.equal(shallow[k], kept[k]) for k in shallow)
+
+
+def test_restarted_bases_draw_their_own_seeds_and_streams():
+    from tah.repro.twohop_jobs import _restart_seed, _restart_stream, _stream
+
+    seeds = {_restart_seed(s, a) for s in range(3) for a in range(1, 3)}
+    assert len(seeds) == 6 and not seeds & {0, 1, 2}
+    streams = {_restart_stream(s, a, k) for s in range(3) for a in range(3) for k in range(1, 3)}
+    streams |= {_restart_stream(s, a, 0) for s in range(3) for a in range(1, 3)}
+    others = {_stream(s, w) for s in range(3) for w in range(3)}  # gate, fine-tune, decider
+    assert len(streams) == 3 * 3 * 2 + 3 * 2 and not streams & others
+
+
+def test_mixed_batches_stack_written_and_bare_problems():
+    from dataclasses import replace
+
+    from tah.data.twohop import sample_batch, sample_mixed_batch
+
+    task = TwoHopTask(separators=True)
+    written = replace(task, written_intermediate=True)
+    mixed = sample_mixed_batch(task, 10, 4, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    head, tail = sample_batch(written, 4, gen), sample_batch(task, 6, gen)
+    assert torch.equal(mixed.input_ids, torch.cat([head.input_ids, tail.input_ids]))
+    assert torch.equal(mixed.labels, torch.cat([head.labels, tail.labels]))
+    assert torch.equal(mixed.answers, torch.cat([head.answers, tail.answers]))
+    # written rows supervise one more token per two-hop query than bare rows
+    per_row = (mixed.labels != -100).sum(1)
+    two_hop = (mixed.kinds == 2).sum(1)
+    assert torch.equal(per_row, task.queries + two_hop * torch.tensor([1] * 4 + [0] * 6))
+    # none written: exactly the plain stream
+    plain = sample_batch(task, 10, torch.Generator().manual_seed(3))
+    none = sample_mixed_batch(task, 10, 0, torch.Generator().manual_seed(3))
+    assert torch.equal(plain.input_ids, none.input_ids)
+    with pytest.raises(ConfigError, match="written problems per batch"):
+        sample_mixed_batch(task, 10, 11, torch.Generator())
+
+
+def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
+    from tah.repro.twohop import preset
+
+    with pytest.raises(ConfigError, match="finetune_written_share must be in"):
+        preset("quick").with_overrides(["finetune_written_share=1.0"])
+    with pytest.raises(ConfigError, match="needs base_writes_intermediate"):
+        preset("quick").with_overrides(
+            ["finetune_written_share=0.5", "base_writes_intermediate=false"]
+        )
+    config = preset("quick").with_overrides(["finetune_written_share=0.5"])
+    assert config.written_per_batch == config.batch // 2
+    # The standard arm trains on other rows with the mix (same base, same stream seed).
+    from tah.repro.twohop_jobs import run_job
+
+    losses = {}
+    for share in (0.0, 0.5):
+        cfg = preset("quick").with_overrides([f"finetune_written_share={share}"]).to_dict()
+        if share == 0.0:
+            run_job(cfg, str(tmp_path), 0, "shallow")
+            run_job(cfg, str(tmp_path), 0, "base")
+        run_job(cfg, str(tmp_path), 0, "standard")
+        saved = json.loads((tmp_path / "seed0" / "standard" / "result.json").read_text())
+        losses[share] = saved["train_loss"]
+    assert losses[0.0] != losses[0.5]
