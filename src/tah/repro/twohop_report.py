@@ -303,7 +303,8 @@ def markdown(results: dict[str, Any]) -> str:
                 s = agg[arm]
                 lines.append(
                     f"| {names[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
-                    f"{_pm(s.get('all_queries'))} | {_pm(s['share_tokens_iterating'])} | {_pm(s['share_answers_iterating'])} | "
+                    f"{_pm(s.get('all_queries'))} | {_pm(s['share_tokens_iterating'])} | "
+                    f"{_pm(s['share_answers_iterating'])} | "
                     f"{_pm(s.get('two_hop_predicted_intermediate'))} |"
                 )
         lines += [
