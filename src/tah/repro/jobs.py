@@ -72,7 +72,29 @@ class JobFailed(TaHError):
 
 
 # ------------------------------------------------------------------ the worker side
-def _init_worker(threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Ask Linux to end this worker when the orchestrator dies (``PR_SET_PDEATHSIG``).
+
+    Why: killed by SIGTERM or SIGKILL, the orchestrator skips the pool's shutdown, and its
+    workers would run their jobs on unwatched; a rerun then starts the same job beside them,
+    both writing one job folder. Elsewhere (no prctl) the workers outlive it as before.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the orchestrator died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -211,7 +233,10 @@ def run_jobs(
     with (
         progress,
         cf.ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(threads, os.getpid()),
         ) as pool,
     ):
         overall = progress.add_task("[bold]reproduction (jobs)", total=len(jobs))
