@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
 
 ORCHESTRATOR = """
-import sys, time
+import sys
 from pathlib import Path
 sys.path.insert(0, {here!r})
 from tah.repro.jobs import Job, run_jobs
@@ -55,7 +54,7 @@ def _wait_for(predicate, seconds: float) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_orchestrator_ends_its_workers(tmp_path, how):
-    (tmp_path / "sleeper.py").write_text(textwrap.dedent(SLEEPER))
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
     script = ORCHESTRATOR.format(here=str(tmp_path), out=str(tmp_path))
     parent = subprocess.Popen([sys.executable, "-c", script])
     pid_file = tmp_path / "pid"

@@ -92,9 +92,8 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_worker(threads: int, parent: int | None = None) -> None:
-    if parent is not None:
-        _exit_with_parent(parent)
+def _init_worker(threads: int, parent: int) -> None:
+    _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
