@@ -161,8 +161,21 @@ def test_written_base_settings_are_checked():
         preset("quick").with_overrides(["task.separators=true", "task.written_intermediate=true"])
     config = preset("quick")
     assert config.base_task_spec.written_intermediate and not config.task_spec.written_intermediate
-    bare = config.with_overrides(["base_writes_intermediate=false"])
+    # A bare-answer base has no written-out format to mix into fine-tuning batches.
+    with pytest.raises(ConfigError, match="finetune_written_share needs"):
+        config.with_overrides(["base_writes_intermediate=false"])
+    bare = config.with_overrides(
+        ["base_writes_intermediate=false", "finetune_written_share=0", "decider_written_share=0"]
+    )
     assert not bare.base_task_spec.written_intermediate
+    with pytest.raises(ConfigError, match="decider_written_share needs"):
+        bare.with_overrides(["decider_written_share=0.5"])
+    with pytest.raises(ConfigError, match="decider_written_share must be"):
+        config.with_overrides(["decider_written_share=1.0"])
+    # None: the decider trains on the fine-tuning mix
+    same = config.with_overrides(["decider_written_share=null"])
+    assert same.decider_written_per_batch == same.written_per_batch > 0
+    assert config.decider_written_per_batch == 0
 
 
 def test_widen_keeps_the_function_and_adds_parameters():
@@ -390,7 +403,9 @@ def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
 def test_quick_study_with_a_bare_answer_base(tmp_path):
     from tah.repro.twohop import preset, run_study
 
-    config = preset("quick").with_overrides(["base_writes_intermediate=false"])
+    config = preset("quick").with_overrides(
+        ["base_writes_intermediate=false", "finetune_written_share=0"]
+    )
     run_study(config, tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     runs = saved["gate_runs"]["0"]

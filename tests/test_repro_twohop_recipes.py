@@ -47,6 +47,67 @@ def test_base_restarts_from_a_fresh_init_only_while_it_misses_the_precondition(
     assert all(torch.equal(shallow[k], kept[k]) for k in shallow)
 
 
+def test_a_base_resumes_by_attempt_after_a_kill_or_with_more_restarts(tmp_path, monkeypatch):
+    """Killed mid-attempt, or finished below the precondition and given more restarts, the base
+    continues with the next attempt and ends exactly where an uninterrupted base ends."""
+    from transformers import AutoModelForCausalLM
+
+    from tah.repro import twohop_jobs
+    from tah.repro.twohop import GATE, preset
+    from tah.repro.twohop_jobs import reopen_failed_bases, run_job
+
+    monkeypatch.setitem(GATE, "base_one_hop_min", 101.0)  # never reached: every attempt runs
+    three = preset("quick").with_overrides(["base_restarts=2"])
+    two = preset("quick").with_overrides(["base_restarts=1"])
+
+    def base(config, where) -> dict:
+        run_job(config.to_dict(), str(where), 0, "base")
+        return json.loads((where / "seed0" / "base" / "result.json").read_text())
+
+    def weights(where):
+        path = where / "seed0" / "base" / "model"
+        return AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+
+    for where in ("straight", "killed", "extended"):
+        run_job(three.to_dict(), str(tmp_path / where), 0, "shallow")
+    straight = base(three, tmp_path / "straight")
+
+    # Killed in attempt 2: attempts 0 and 1 are on disk; the rerun trains attempt 2 only.
+    train = twohop_jobs._train_standard
+
+    def dies_in_attempt_2(cfg, model, steps, stream, report):
+        if stream == twohop_jobs._restart_stream(0, 2, 0):
+            raise KeyboardInterrupt
+        train(cfg, model, steps, stream, report)
+
+    monkeypatch.setattr(twohop_jobs, "_train_standard", dies_in_attempt_2)
+    with pytest.raises(KeyboardInterrupt):
+        base(three, tmp_path / "killed")
+    state = json.loads((tmp_path / "killed/seed0/base/attempts.json").read_text())
+    assert [a["attempt"] for a in state["attempts"]] == [0, 1]
+    monkeypatch.setattr(twohop_jobs, "_train_standard", train)
+    resumed = base(three, tmp_path / "killed")
+
+    # Finished with one restart, then reopened with two: attempt 2 is added.
+    first = base(two, tmp_path / "extended")
+    assert len(first["attempts"]) == 2
+    assert reopen_failed_bases(tmp_path / "extended", two) == []  # nothing more allowed
+    assert reopen_failed_bases(tmp_path / "extended", three) == [0]
+    assert not (tmp_path / "extended/seed0/base/result.json").exists()
+    extended = base(three, tmp_path / "extended")
+
+    for other, where in ((resumed, "killed"), (extended, "extended")):
+        assert other["attempts"] == straight["attempts"]
+        assert other["attempt_kept"] == straight["attempt_kept"]
+        assert other["test"]["correct"] == straight["test"]["correct"]
+        a, b = weights(tmp_path / "straight"), weights(tmp_path / where)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        leftovers = {"attempts.json", "kept-model"} & {
+            p.name for p in (tmp_path / where / "seed0/base").iterdir()
+        }
+        assert not leftovers
+
+
 def test_restarted_bases_draw_their_own_seeds_and_streams():
     from tah.repro.twohop_jobs import _restart_seed, _restart_stream, _stream
 
@@ -107,3 +168,25 @@ def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
         saved = json.loads((tmp_path / "seed0" / "standard" / "result.json").read_text())
         losses[share] = saved["train_loss"]
     assert losses[0.0] != losses[0.5]
+
+
+def test_the_decider_trains_on_its_own_mix_and_reads_the_previous_token(tmp_path):
+    """decider_written_share reaches stage 2 only (stage 1 trains on the fine-tuning mix), and
+    decider_previous_token reaches the saved TaH+ model."""
+    from tah import TaHForCausalLM
+    from tah.repro.twohop import preset
+    from tah.repro.twohop_jobs import run_job
+
+    base = preset("quick").with_overrides(["finetune_written_share=0.5"])
+    run_job(base.to_dict(), str(tmp_path), 0, "shallow")
+    run_job(base.to_dict(), str(tmp_path), 0, "base")
+    (tmp_path / "results.json").write_text(json.dumps({"gate": {"per_seed": {"0": {}}}}))
+    saved = {}
+    for share in ("0.0", "0.5"):
+        cfg = base.with_overrides([f"decider_written_share={share}"])
+        run_job(cfg.to_dict(), str(tmp_path), 0, "tahplus")
+        saved[share] = json.loads((tmp_path / "seed0" / "tahplus" / "result.json").read_text())
+    assert saved["0.0"]["train_loss"] == saved["0.5"]["train_loss"]  # stage 1: the same rows
+    assert saved["0.0"]["decider_train_loss"] != saved["0.5"]["decider_train_loss"]
+    model = TaHForCausalLM.from_pretrained(tmp_path / "seed0" / "tahplus" / "model")
+    assert model.config.decider_previous_token and model.decider.reads_previous_token

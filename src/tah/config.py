@@ -64,6 +64,11 @@ class TaHConfig:
     decider_expansion: int = 4
     decider_dropout: float = 0.1
     decider_normalize_input: bool = False
+    # Also read the depth-1 features of the previous token (zeros before a sequence's first).
+    # Not in the paper: its decider reads one token. Where what makes a token hard is written one
+    # position earlier (an operator before its argument), one token's state may not show it
+    # (docs/repro-twohop/NOTES.md, sections 9 and 10).
+    decider_previous_token: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +101,7 @@ class TaHConfig:
         _integer("decider_expansion", self.decider_expansion, 1, 64)
         _number("decider_dropout", self.decider_dropout, 0.0, 0.99)
         _boolean("decider_normalize_input", self.decider_normalize_input)
+        _boolean("decider_previous_token", self.decider_previous_token)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -239,6 +239,14 @@ class Engine:
             )
         if name != "mlp":
             raise UnsupportedModelError(f"unknown decider {type(decider).__name__}")
+        if getattr(decider, "reads_previous_token", False):
+            # Its features would need the previous token's depth-1 state carried per request
+            # through chunked prefill and decode; not built yet. model.generate supports it.
+            raise UnsupportedModelError(
+                "this model's decider reads the previous token (decider_previous_token=true), "
+                "which the serving engine does not support yet; use TaHForCausalLM.generate "
+                "(as `tah generate` and `tah eval --backend tah` do)"
+            )
         # A private eval-mode copy: the caller's module (maybe in training mode) stays as is.
         decider = copy.deepcopy(decider).eval()
         decider.to(device=self.device)

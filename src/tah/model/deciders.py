@@ -7,7 +7,9 @@ continue-logit. ``depth`` is the number of passes already done (1 after the firs
 * :class:`MLPDecider` is the learned decider of the paper (METHOD.md A.6, appendix K): selected
   hidden-state layers of the token plus the top-k values of its cumulative logits, through a
   residual MLP; continue iff sigmoid(logit) > threshold. Parameter names follow the published
-  state dict so released checkpoints load.
+  state dict so released checkpoints load. With ``previous_token`` (our extension, off by
+  default) it also reads the same layers' depth-1 states of the previous token; the wrapper
+  appends them to the features.
 * :class:`AlwaysDecider` (AlwaysThink) and :class:`NeverDecider` (Standard).
 
 Hidden-state indices follow the Hugging Face ``output_hidden_states`` tuple: 0 = embedding
@@ -34,6 +36,7 @@ class Decider(nn.Module):
     learned = False
     feature_layers: tuple[int, ...] = ()
     needs_topk: int = 0
+    reads_previous_token: bool = False  # features also hold the previous token's depth-1 ones
 
     def decide(
         self,
@@ -137,13 +140,15 @@ class MLPDecider(Decider):
         dropout: float = 0.1,
         normalize_input: bool = False,
         threshold: float = 0.9,
+        previous_token: bool = False,
     ) -> None:
         super().__init__()
         hidden_dims = list(hidden_dims or [512] * 6)
         self.feature_layers = tuple(int(i) for i in layers)
         self.needs_topk = topk
         self.hidden_size = hidden_size
-        feature_size = len(self.feature_layers) * hidden_size
+        self.reads_previous_token = bool(previous_token)
+        feature_size = len(self.feature_layers) * hidden_size * (2 if previous_token else 1)
         self.normalize_input = normalize_input
         if normalize_input:
             self.layer_norm_hidden_states = nn.LayerNorm(feature_size)
@@ -204,4 +209,5 @@ def build_decider(config: TaHConfig, hidden_size: int, num_layers: int) -> Decid
         dropout=config.decider_dropout,
         normalize_input=config.decider_normalize_input,
         threshold=config.threshold,
+        previous_token=config.decider_previous_token,
     )

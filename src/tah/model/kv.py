@@ -49,6 +49,9 @@ class DepthKVCache:
         self.positions: list[Tensor | None] = [None] * max_iter
         self.valid: list[Tensor | None] = [None] * max_iter
         self.seen: Tensor | None = None  # (B,) valid tokens written to slot 0 so far
+        # (B, F) depth-1 decider features of each row's last token, for a decider that reads
+        # the previous token (see TaHForCausalLM.forward)
+        self.last_features: Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def slot_length(self, depth: int) -> int:
@@ -73,6 +76,8 @@ class DepthKVCache:
                 self.valid[s] = self.valid[s].index_select(0, rows)
         if self.seen is not None:
             self.seen = self.seen.index_select(0, rows)
+        if self.last_features is not None:
+            self.last_features = self.last_features.index_select(0, rows)
 
     # ------------------------------------------------------------------ passes
     def begin_pass(

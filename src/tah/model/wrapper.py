@@ -239,6 +239,23 @@ class TaHForCausalLM(nn.Module):
             return None
         return torch.cat([select(self._captured[i]) for i in layers], dim=-1)
 
+    def _previous_token_features(self, valid: Tensor, cache: DepthKVCache) -> Tensor:
+        """(B, T, F): each token's previous valid token's depth-1 features; for a row's first
+        token here, the last one of an earlier call (kept in ``cache``), else zeros."""
+        grid = torch.cat([self._captured[i] for i in self.decider.feature_layers], dim=-1)
+        batch, length, size = grid.shape
+        carried = cache.last_features
+        if carried is None or carried.shape[0] != batch:
+            carried = grid.new_zeros((batch, size))
+        # Index 0 is the carried state, index j + 1 position j of this call.
+        table = torch.cat([carried[:, None].to(grid.dtype), grid], dim=1)
+        steps = torch.arange(1, length + 1, device=grid.device).expand(batch, -1)
+        last_upto = torch.where(valid, steps, 0).cummax(dim=1).values  # last valid at or before
+        before = torch.cat([last_upto.new_zeros((batch, 1)), last_upto[:, :-1]], dim=1)
+        rows = torch.arange(batch, device=grid.device)
+        cache.last_features = table[rows, last_upto[:, -1]].detach()
+        return table.gather(1, before[..., None].expand(-1, -1, size))
+
     def forward(
         self,
         input_ids: Tensor,
@@ -297,6 +314,9 @@ class TaHForCausalLM(nn.Module):
         if max_iter > 1:
             decider_logits = logits.new_full((batch, length, max_iter - 1), float("nan")).float()
         b_idx, t_idx = valid.nonzero(as_tuple=True)
+        previous = None  # the previous token's depth-1 features, per continuing token
+        if needs_features and self.decider.reads_previous_token:
+            previous = self._previous_token_features(valid, work)[b_idx, t_idx]
         token_logits = logits  # logits of the pass's tokens, grid layout at depth 1
         select = lambda t: t[valid]  # noqa: E731  grid -> valid tokens of the current pass
 
@@ -306,9 +326,12 @@ class TaHForCausalLM(nn.Module):
                 break  # no deeper pass follows and a fixed decider's logits say nothing
             k = self.decider.needs_topk
             topk_values = select(token_logits.topk(k, dim=-1).values) if k else None
+            features = self._features(select) if needs_features else None
+            if previous is not None:
+                features = torch.cat([features, previous], dim=-1)
             go, go_logits = self.decider.decide(
                 topk_values,
-                self._features(select) if needs_features else None,
+                features,
                 depth + 1,
                 None if iter_labels is None else iter_labels[b_idx, t_idx],
                 threshold[b_idx] if isinstance(threshold, Tensor) else threshold,
@@ -323,6 +346,8 @@ class TaHForCausalLM(nn.Module):
             if not bool(go.any()):
                 break
             b_idx, t_idx = b_idx[go], t_idx[go]
+            if previous is not None:
+                previous = previous[go]
             rows, grid_r, grid_c, width = _pack(b_idx, batch)
             soft = soft_embedding(logits[b_idx, t_idx], embedding.weight, self.config.topk)
             embeds = soft.new_zeros((rows.numel(), width, soft.shape[-1]))

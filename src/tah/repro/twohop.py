@@ -2,10 +2,13 @@
 
 The task (:mod:`tah.data.twohop`): two shuffled lookup tables and queries that need one lookup
 (``f x``, ``g y``) or two (``gf x``, about a third). A lookup takes at least two attention layers,
-so two lookups in a row take more depth than one. Measured (``docs/repro-twohop/NOTES.md``): a
-2-layer Qwen3 at hidden 64 does not learn even one lookup within 12000 steps, while a 4-layer one
-learns both lookups and stays at chance on their composition; so the default base has 4 layers
-and the deeper Standard control 8 (``shallow_layers`` / ``deep_layers``).
+so two lookups in a row take more depth than one. Measured (``docs/repro-twohop/NOTES.md``,
+sections 8 to 10): with a base that writes the intermediate out and fine-tuning on a mix of
+written and bare answers, a 2-layer Standard does one lookup and not two (two-hop near the
+query-blind 12.5 %), while the same base grown to 4 layers does both; 3 and 4 layers already
+compose. So the default base has 2 layers and the deeper Standard control 4 (``shallow_layers``
+/ ``deep_layers``). A 2-layer base learns both lookups from few initialisations (2 of 8 in
+sections 9 and 10), hence up to ``base_restarts`` fresh ones.
 
 Order of the study, per seed (seeds 0, 1, 2):
 
@@ -124,10 +127,10 @@ class TwoHopConfig:
     # task.separators. A base taught so guesses the intermediate F(x) at a bare two-hop answer.
     # (false: the bare-answer base of the earlier study, docs/repro-twohop/4layer-bare-base/)
     base_writes_intermediate: bool = True
-    # A 2-layer base did not learn a lookup within 12000 steps; 4 layers learn both lookups and,
-    # with a bare-answer base, do not compose them (docs/repro-twohop/NOTES.md).
-    shallow_layers: int = 4
-    deep_layers: int = 8  # the deep control: the base grown to this depth
+    # 2 layers: one lookup, not two; the base grown to 4 does both (the gate, NOTES.md 9). The
+    # earlier default, 4 (deep 8), composes once fine-tuned on the written/bare mix (NOTES.md 8).
+    shallow_layers: int = 2
+    deep_layers: int = 4  # the deep control: the base grown to this depth
     # S: written-out tied bases learned both lookups within 4000 + 1 or 2 rounds of 4000 steps
     # on seeds 0 and 2; seed 1 not in 20000 from its first init, and in 8000 after a restart
     # (NOTES.md, 6 and 7); the bare-answer base used 12000.
@@ -135,15 +138,17 @@ class TwoHopConfig:
     base_round_steps: int = 4000  # E: one more round for a base not yet at the precondition
     base_max_rounds: int = 2  # R
     # A base still below the precondition after S + R rounds starts again from a fresh init and
-    # problem stream, at most this many times (seed 1 never learned the g lookup in 20000 steps
-    # from its first init; registered before the run that used it, NOTES.md section 7).
-    base_restarts: int = 2
+    # problem stream, at most this many times. 2 was registered for 4-layer bases (NOTES.md 7);
+    # 2-layer bases learned both lookups from 2 of 8 inits, seed 1 from none of 3, so 6
+    # (registered before seed 1's attempts 3+, NOTES.md 10). More restarts never change a base
+    # that passed, and a rerun with more continues one that did not.
+    base_restarts: int = 6
     finetune_steps: int = 2000  # F
-    # Share of every fine-tuning batch (all arms, both TaH stages) drawn in the written-out
-    # format, the rest bare; tests stay bare. 0: bare only. Needs base_writes_intermediate.
-    # Why: fine-tuned on bare answers only, Standard unlearns the F(x) guess and never composes;
-    # on a mix it does (NOTES.md, section 8).
-    finetune_written_share: float = 0.0
+    # Share of every fine-tuning batch (all arms, TaH+'s stage 1; stage 2: decider_written_share)
+    # drawn in the written-out format, the rest bare; tests stay bare. 0: bare only. Needs
+    # base_writes_intermediate. Why: fine-tuned on bare answers only, Standard unlearns the F(x)
+    # guess and never composes; on a mix it does (NOTES.md, section 8).
+    finetune_written_share: float = 0.5
     decider_steps: int = 2000  # D (stage 2)
     batch: int = 32
     lr: float = 1e-3
@@ -155,6 +160,16 @@ class TwoHopConfig:
     # as the default before the 3-seed run of section 7; the first registered run used
     # middle_last and 500 steps.
     decider_reads: str = "all"
+    # The decider also reads the previous token's depth-1 states (TaHConfig.decider_previous_token;
+    # not in the paper). In this task the operator that makes an answer two-hop (``gf``) sits one
+    # position before the answer's argument. Chosen on validation problems in stage-2 probes and
+    # registered before the run that used it (NOTES.md, sections 9 and 10).
+    decider_previous_token: bool = True
+    # Share of the decider's (stage 2) batches in the written-out format; None: as fine-tuning
+    # (finetune_written_share). Written-out two-hop answers are not hard (the intermediate is
+    # on the page), so trained on a mix the decider learns the format, not the difficulty; the
+    # test format is bare (NOTES.md, section 9).
+    decider_written_share: float | None = 0.0
     pos_weight: float = 1.0
     threshold: float = READOUT["threshold_tau"]
     tau_sweep: list[float] = field(default_factory=lambda: list(READOUT["tau_sweep"]))
@@ -188,6 +203,11 @@ class TwoHopConfig:
             )
         if self.finetune_written_share and not self.base_writes_intermediate:
             raise ConfigError("twohop: finetune_written_share needs base_writes_intermediate=true")
+        share = self.decider_written_share
+        if share is not None and not 0.0 <= float(share) < 1.0:
+            raise ConfigError(f"twohop: decider_written_share must be in [0, 1), got {share}")
+        if share and not self.base_writes_intermediate:
+            raise ConfigError("twohop: decider_written_share needs base_writes_intermediate=true")
         if self.decider_reads not in DECIDER_READS:
             raise ConfigError(
                 f"twohop: decider_reads must be one of {DECIDER_READS}, got {self.decider_reads!r}"
@@ -211,6 +231,14 @@ class TwoHopConfig:
     def written_per_batch(self) -> int:
         """Problems per fine-tuning batch in the written-out format."""
         return round(float(self.finetune_written_share) * int(self.batch))
+
+    @property
+    def decider_written_per_batch(self) -> int:
+        """Problems per decider-training (stage 2) batch in the written-out format."""
+        share = self.decider_written_share
+        if share is None:
+            return self.written_per_batch
+        return round(float(share) * int(self.batch))
 
     @property
     def base_task_spec(self) -> TwoHopTask:
@@ -266,6 +294,7 @@ def preset(name: str) -> TwoHopConfig:
             deep_layers=4,
             base_steps=12,
             base_round_steps=4,
+            base_restarts=1,
             finetune_steps=8,
             decider_steps=6,
             batch=8,
@@ -405,6 +434,13 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
         if not result.skipped:
             state["timings"][result.name] = {"wall_s": result.wall_s, "cpu_s": result.cpu_s}
 
+    from tah.repro.twohop_jobs import reopen_failed_bases
+
+    # A base that missed the precondition continues if more restarts are allowed now.
+    state["bases_reopened"] = previous.get("bases_reopened", []) + [
+        {"seed": seed, "base_restarts": config.base_restarts, "at": _now()}
+        for seed in reopen_failed_bases(out, config)
+    ]
     _run(_jobs(config, out, BASE_JOBS), config, show_progress, finished)
     bases = check_gate(_load_results(out, config, BASE_JOBS))
     bases_ok = all(row["checks"]["base_does_one_hop"] for row in bases["per_seed"].values())
@@ -476,8 +512,9 @@ def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> Non
 
 def _study_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that change results (not the workers, the gate policy or the seeds: a run
-    may add seeds later)."""
-    ignored = ("workers", "threads", "enforce_gate", "seeds")
+    may add seeds later; nor the base's restarts: a finished base is unchanged by more, and one
+    that missed the precondition continues with the next attempt)."""
+    ignored = ("workers", "threads", "enforce_gate", "seeds", "base_restarts")
     settings = {k: v for k, v in config.items() if k not in ignored}
     settings["task"] = TwoHopTask(**config["task"]).to_dict()  # task fields added since: defaults
     return settings

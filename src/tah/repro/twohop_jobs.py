@@ -7,6 +7,8 @@ trains, the model, and last ``result.json`` (its presence means "done": a rerun 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ BASE_ROUND_STREAM = 10  # round k of the base trains on stream BASE_ROUND_STREAM
 # A restarted base (attempt a >= 1): init seed seed + a * RESTART_SEED_OFFSET, problem streams
 # RESTART_STREAM + 10 a + k (its first S steps k = 0, then round k)
 RESTART_SEED_OFFSET, RESTART_STREAM = 10**4, 100
+# The base's resumable state (between attempts; removed when the job finishes)
+ATTEMPTS_FILE, KEPT_MODEL_DIR = "attempts.json", "kept-model"
 
 
 def _stream(seed: int, which: int) -> int:
@@ -103,10 +107,19 @@ def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
     task = config.task_spec
     base = new_standard(task, _shape(config, config.shallow_layers), 0)
-    cfg = tah_config(
-        "mlp", config.lora_r, config.decider_hidden, config.shallow_layers, config.decider_reads
+    return count_parameters(new_tah(base, _decider_config(config), seed=0))
+
+
+def _decider_config(config: TwoHopConfig):
+    """The TaH settings of TaH+'s learned decider (stage 2)."""
+    return tah_config(
+        "mlp",
+        config.lora_r,
+        config.decider_hidden,
+        config.shallow_layers,
+        config.decider_reads,
+        config.decider_previous_token,
     )
-    return count_parameters(new_tah(base, cfg, seed=0))
 
 
 def wide_intermediate(config: TwoHopConfig) -> int:
@@ -196,12 +209,17 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
 
     An attempt is the model after S steps plus at most R rounds. If one ends below the
     precondition, the base starts again from a fresh initialisation and problem stream, at most
-    ``base_restarts`` times (attempt 0 is the ``shallow`` job's model)."""
+    ``base_restarts`` times (attempt 0 is the ``shallow`` job's model).
+
+    Resumable by attempt: after each attempt its record goes to ``attempts.json`` and, when it is
+    the best so far, its model to ``kept-model/``; a rerun (after a kill, or with more restarts
+    allowed: :func:`reopen_failed_bases`) continues with the next attempt. Attempts are
+    deterministic, so a resumed base equals an uninterrupted one."""
     task = cfg.task_spec
     val = eval_batches(task, cfg.val_problems, VAL_SEED)
     per_attempt = cfg.base_steps + cfg.base_round_steps * cfg.base_max_rounds
     report = _Reporter(where / "progress.json", per_attempt * (1 + cfg.base_restarts))
-    report.done = cfg.base_steps  # attempt 0's first S steps are the shallow job's
+    state_path, kept_dir = where / ATTEMPTS_FILE, where / KEPT_MODEL_DIR
 
     def one_hop(model) -> float:
         return predict(standard_forward(model), task, val).summary()["accuracy"]["one_hop"]
@@ -209,23 +227,34 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     def converged(rounds: list[dict[str, Any]]) -> bool:
         return 100 * rounds[-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
 
+    def final(record: dict[str, Any]) -> float:
+        return record["rounds"][-1]["validation_one_hop"]
+
     attempts: list[dict[str, Any]] = []
-    best = None
-    for attempt in range(1 + cfg.base_restarts):
-        if attempt == 0:
-            model = _load_standard(job_dir(out, seed, "shallow") / "model")
+    if state_path.is_file():
+        attempts = json.loads(state_path.read_text(encoding="utf-8"))["attempts"]
+        print(f"resuming after attempt {len(attempts) - 1}", flush=True)
+    kept = max(range(len(attempts)), key=lambda i: final(attempts[i]), default=None)
+    model = None  # the kept attempt's model, once trained in this invocation
+    report.done = per_attempt * len(attempts) if attempts else cfg.base_steps
+    while len(attempts) <= cfg.base_restarts and not (
+        attempts and converged(attempts[-1]["rounds"])
+    ):
+        attempt = len(attempts)
+        if attempt == 0:  # the shallow job's model: its first S steps
+            trained = _load_standard(job_dir(out, seed, "shallow") / "model")
         else:
-            model = new_standard(
+            trained = new_standard(
                 task, _shape(cfg, cfg.shallow_layers), _restart_seed(seed, attempt)
             )
-            _train_standard(cfg, model, cfg.base_steps, _restart_stream(seed, attempt, 0), report)
-        rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop(model)}]
+            _train_standard(cfg, trained, cfg.base_steps, _restart_stream(seed, attempt, 0), report)
+        rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop(trained)}]
         while not converged(rounds) and len(rounds) <= cfg.base_max_rounds:
             k = len(rounds)
             stream = _restart_stream(seed, attempt, k)
-            _train_standard(cfg, model, cfg.base_round_steps, stream, report)
+            _train_standard(cfg, trained, cfg.base_round_steps, stream, report)
             rounds.append(
-                {"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop(model)}
+                {"round": k, "steps": cfg.base_round_steps, "validation_one_hop": one_hop(trained)}
             )
             print(
                 f"attempt {attempt} round {k}: validation one-hop "
@@ -233,18 +262,19 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
                 flush=True,
             )
         attempts.append({"attempt": attempt, "rounds": rounds})
-        score = rounds[-1]["validation_one_hop"]
-        if best is None or score > best[0]:
-            best = (score, model, rounds, attempt)
-        if converged(rounds):
-            break
+        if kept is None or final(attempts[-1]) > final(attempts[kept]):
+            kept, model = attempt, trained
+            _save_standard(model, build_tokenizer(task), kept_dir)
+        write_json(state_path, {"attempts": attempts, "attempt_kept": kept})
         report.done = per_attempt * (attempt + 1)
     # Kept: the attempt that passed, or (all failed: the study will stop at the precondition)
     # the one best on validation.
-    _, model, rounds, kept = best
+    if model is None:
+        model = _load_standard(kept_dir)
     test = predict(standard_forward(model), task, eval_batches(task, cfg.test_problems, TEST_SEED))
     _save_standard(model, build_tokenizer(task), where / "model")
-    return {
+    rounds = attempts[kept]["rounds"]
+    result = {
         "kind": "base",
         "layers": cfg.shallow_layers,
         "intermediate": cfg.intermediate,
@@ -256,6 +286,39 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
         "test": _outcome(test),
         **_written_second_step(cfg, model, cfg.test_problems, TEST_SEED),
     }
+    # The attempt state is consumed into result.json (run_job writes it next); a fresh run of
+    # this job starts from attempt 0 again.
+    state_path.unlink()
+    shutil.rmtree(kept_dir, ignore_errors=True)
+    return result
+
+
+def reopen_failed_bases(out: Path, config: TwoHopConfig) -> list[int]:
+    """Seeds whose finished base missed the precondition with fewer attempts than ``config``
+    now allows: turn each back into a resumable job (its attempts and kept model become the
+    attempt state), so the base phase continues it with the next attempt. Returns those seeds."""
+    reopened = []
+    for seed in config.seeds:
+        where = job_dir(out, seed, "base")
+        path = where / "result.json"
+        if not path.is_file():
+            continue
+        done = json.loads(path.read_text(encoding="utf-8"))
+        attempts = done.get("attempts", [])
+        passed = attempts and (
+            100 * attempts[-1]["rounds"][-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
+        )
+        if passed or len(attempts) >= 1 + config.base_restarts:
+            continue
+        if (where / KEPT_MODEL_DIR).exists():
+            shutil.rmtree(where / KEPT_MODEL_DIR)
+        shutil.copytree(where / "model", where / KEPT_MODEL_DIR)
+        write_json(
+            where / ATTEMPTS_FILE, {"attempts": attempts, "attempt_kept": done["attempt_kept"]}
+        )
+        os.replace(path, where / "result.superseded.json")  # kept for the record
+        reopened.append(seed)
+    return reopened
 
 
 def _restart_seed(seed: int, attempt: int) -> int:
@@ -345,10 +408,16 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
     from tah import TaHForCausalLM
 
     task = cfg.task_spec
-    mlp = tah_config("mlp", cfg.lora_r, cfg.decider_hidden, cfg.shallow_layers, cfg.decider_reads)
+    mlp = _decider_config(cfg)
     overrides = {
         k: getattr(mlp, k)
-        for k in ("decider_topk", "decider_hidden_dims", "decider_expansion", "decider_dropout")
+        for k in (
+            "decider_topk",
+            "decider_hidden_dims",
+            "decider_expansion",
+            "decider_dropout",
+            "decider_previous_token",
+        )
     }
     torch.manual_seed(seed)
     model = TaHForCausalLM.from_pretrained(
@@ -362,7 +431,7 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, DECIDER_STREAM),
-        written_per_batch=cfg.written_per_batch,
+        written_per_batch=cfg.decider_written_per_batch,
     )
     params = list(model.decider_parameters())
     log = train_loop(params, stage2_loss(model, labeller, cfg.pos_weight), task, settings, report)

@@ -176,6 +176,22 @@ def _rounds_text(run: dict[str, Any]) -> str:
     )
 
 
+def _decider_text(cfg: dict[str, Any]) -> str:
+    """How TaH+'s learned decider is built and trained (stage 2)."""
+    share = cfg.get("decider_written_share")
+    share = cfg.get("finetune_written_share", 0.0) if share is None else share
+    reads = "hidden states of " + (
+        "every layer" if cfg.get("decider_reads") == "all" else "the middle and last layers"
+    )
+    if cfg.get("decider_previous_token"):
+        reads += " for the token and for the token before it (an extension of the paper's)"
+    return (
+        f"TaH+'s decider: an MLP over the {reads} and its top-k logits, trained "
+        f"{cfg['decider_steps']} steps (stage 2, backbone frozen) on batches "
+        f"{100 * share:.0f} % written-out, the rest bare; τ = {cfg['threshold']}."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg, gate = results["config"], results["gate"]
     shallow, deep, names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
@@ -213,13 +229,15 @@ def markdown(results: dict[str, Any]) -> str:
         *(
             [
                 f"Fine-tuning mix: {100 * cfg['finetune_written_share']:.0f} % of every "
-                "fine-tuning batch (every arm, both TaH stages) is in the written-out format, the "
+                "fine-tuning batch (every arm, TaH+'s stage 1) is in the written-out format, the "
                 "rest bare; every test is bare.",
                 "",
             ]
             if cfg.get("finetune_written_share")
             else []
         ),
+        _decider_text(cfg),
+        "",
         f"Rules (every seed): the base answers ≥ {gate['rules']['base_one_hop_min']} % of "
         "one-hop test queries; on two-hop test queries, deep − Standard ≥ "
         f"{gate['rules']['deep_minus_standard_min']} points, |Standard 2F − Standard| ≤ "

@@ -170,9 +170,15 @@ def decider_layers(layers: int, reads: str = "middle_last") -> list[int]:
 
 
 def tah_config(
-    decider: str, lora_r: int, decider_hidden: int, layers: int = 2, reads: str = "middle_last"
+    decider: str,
+    lora_r: int,
+    decider_hidden: int,
+    layers: int = 2,
+    reads: str = "middle_last",
+    previous_token: bool = False,
 ) -> Any:
-    """TaH settings for a ``layers``-deep base; the decider reads the layers ``reads`` names."""
+    """TaH settings for a ``layers``-deep base; the decider reads the layers ``reads`` names
+    (of the token, and with ``previous_token`` of the token before it too)."""
     from tah import TaHConfig
 
     return TaHConfig(
@@ -188,6 +194,7 @@ def tah_config(
         decider_expansion=2,
         decider_dropout=0.0,
         decider_layers=decider_layers(layers, reads),
+        decider_previous_token=previous_token,
     )
 
 
