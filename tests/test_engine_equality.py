@@ -117,6 +117,22 @@ def test_tah_matches_core_generate(decider):
     assert set(counts) == expected  # the MLP case mixes depths, so routing is exercised
 
 
+def test_a_decider_reading_the_previous_token_matches_core():
+    """The previous token's features cross prefill chunks, decode steps and row moves."""
+    model = tah_model("mlp", decider_previous_token=True)
+    prompts = make_prompts()
+    new = 14
+    free = core_batched(model, prompts, new, [])
+    eos = [free[1][0][5]]
+    expected = core_batched(model, prompts, new, eos)
+    for rows, chunk in ((3, 5), (1, 1), (5, 512)):
+        engine = Engine.from_tah_model(model, max_batch=rows, max_len=64, prefill_chunk=chunk)
+        engine.eos_token_ids = tuple(eos)
+        assert engine_run(engine, prompts, new) == expected
+    assert {c for _, cs in expected for c in cs} == {1, 2}
+    assert any(len(t) < new for t, _ in expected)
+
+
 @pytest.mark.parametrize("decider", ["always", "mlp"])
 def test_depth_three_matches_core(decider):
     model = tah_model(decider, max_iter=3)

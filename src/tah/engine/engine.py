@@ -154,6 +154,14 @@ class Engine:
         ]
         if n_cont:
             self._row_tensors += [self.cum_buf, self.x_next]
+        # A decider that reads the previous token: each row's last depth-1 decider features.
+        self.reads_previous = bool(getattr(self.decider, "reads_previous_token", False))
+        width = len(self.capture) * self.shape.hidden_size if self.reads_previous else 0
+        self.prev_feat = torch.zeros(
+            (max_batch if self.reads_previous else 0, width), dtype=decoder.dtype, device=dev
+        )
+        if self.reads_previous:
+            self._row_tensors.append(self.prev_feat)
         # Host mirrors.
         self.rows: list[Request | None] = [None] * max_batch
         self.lengths = [0] * max_batch  # position of the token each row is working on
@@ -239,13 +247,13 @@ class Engine:
             )
         if name != "mlp":
             raise UnsupportedModelError(f"unknown decider {type(decider).__name__}")
-        if getattr(decider, "reads_previous_token", False):
-            # Its features would need the previous token's depth-1 state carried per request
-            # through chunked prefill and decode; not built yet. model.generate supports it.
+        if getattr(decider, "reads_previous_token", False) and max_iter > 2:
+            # Deeper decisions would need the previous token's depth-1 state after that row's
+            # carried state has moved on; model.generate supports it.
             raise UnsupportedModelError(
-                "this model's decider reads the previous token (decider_previous_token=true), "
-                "which the serving engine does not support yet; use TaHForCausalLM.generate "
-                "(as `tah generate` and `tah eval --backend tah` do)"
+                "the serving engine supports a decider that reads the previous token "
+                "(decider_previous_token=true) with max_iter 2 only; use "
+                "TaHForCausalLM.generate (as `tah generate` and `tah eval --backend tah` do)"
             )
         # A private eval-mode copy: the caller's module (maybe in training mode) stays as is.
         decider = copy.deepcopy(decider).eval()
@@ -419,6 +427,8 @@ class Engine:
             self.minp[row] = p.min_p
             self.pos[row] = 0
             self.phase[row] = 1
+            if self.reads_previous:
+                self.prev_feat[row] = 0  # a request's first token has no previous one
 
     def cap_of(self, req: Request) -> int:
         """The deepest depth ``req`` may run (its ``max_iter`` within the model's)."""
@@ -436,13 +446,18 @@ class Engine:
         """Input of a deeper pass: softmax over the top-k cumulative logits, mixing rows of E."""
         return self._soft_embedding(cum, self.decoder.embed, self.topk)
 
-    def decide(self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor) -> Tensor:
-        """Continue-decision per token (before the depth cap): always, or sigmoid > thr."""
+    def decide(
+        self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor, previous: Tensor | None = None
+    ) -> Tensor:
+        """Continue-decision per token (before the depth cap): always, or sigmoid > thr.
+        ``previous``: the previous tokens' depth-1 features, for a decider that reads them."""
         self.last_probs = None
         if self.kind == "always":
             return torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
         values = topk_values(cum, self.decider_topk)  # exact, cheaper over a long vocabulary
         features = torch.cat([feats[i] for i in self.capture], dim=-1)
+        if previous is not None:
+            features = torch.cat([features, previous.to(features.dtype)], dim=-1)
         logits = self.decider(values, features).float()
         self.last_probs = torch.sigmoid(logits)  # read by trace.record_decisions if needed
         return self.last_probs > thr

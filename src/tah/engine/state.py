@@ -32,6 +32,8 @@ class EngineState(Protocol):
     kind: str
     residual: bool
     capture: tuple[int, ...]
+    reads_previous: bool  # the decider also reads the previous token's features
+    prev_feat: Tensor  # (rows, F) each row's last depth-1 decider features
     # rows: decoding prefix 0..n_dec-1, then prefilling rows up to n_rows
     rows: list[Request | None]
     n_dec: int
@@ -48,7 +50,9 @@ class EngineState(Protocol):
 
     def threshold_of(self, req: Request) -> float: ...
 
-    def decide(self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor) -> Tensor: ...
+    def decide(
+        self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor, previous: Tensor | None = None
+    ) -> Tensor: ...
 
     def soft_embedding(self, cum: Tensor) -> Tensor: ...
 

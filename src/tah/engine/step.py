@@ -201,6 +201,32 @@ class StepBuilder:
             eng.stats["prompt_tokens"] += end - start
 
 
+def previous_token_features(eng: EngineState, b: StepBuilder, cand: list[int], feats) -> Tensor:
+    """Per candidate head, its request's previous token's depth-1 decider features, and each
+    row's carried features moved on to its last token of this step.
+
+    With max_iter 2 every candidate runs depth 1 (the engine refuses deeper deciders reading the
+    previous token). A prompt token's previous token is the head before it in this step's chunk,
+    or for the chunk's first token the row's carried state (zeros for a request's first token);
+    a decode token's is the row's carried state: the last token that ran depth 1."""
+    own = torch.cat([feats[i] for i in eng.capture], dim=-1)
+    carried = eng.prev_feat.shape[0]
+    source: list[int] = []  # < carried: a row of prev_feat; else carried + a candidate index
+    last_of_row: dict[int, int] = {}
+    for j, h in enumerate(cand):
+        row = b.info[h] if b.kind[h] == DECODE else b.info[h][0].row
+        before = last_of_row.get(row)  # prompt heads of a row come in position order
+        source.append(row if before is None else carried + before)
+        last_of_row[row] = j
+    dev = own.device
+    table = torch.cat([eng.prev_feat, own.to(eng.prev_feat.dtype)])
+    previous = table.index_select(0, torch.tensor(source, dtype=torch.long, device=dev))
+    rows = torch.tensor(list(last_of_row), dtype=torch.long, device=dev)
+    lasts = torch.tensor(list(last_of_row.values()), dtype=torch.long, device=dev)
+    eng.prev_feat.index_copy_(0, rows, own.index_select(0, lasts).to(eng.prev_feat.dtype))
+    return previous
+
+
 def runs_of(indices: list[int]) -> list[tuple[int, int]]:
     """Sorted indices as maximal runs of consecutive values, (start, end) half-open."""
     runs: list[tuple[int, int]] = []
@@ -270,7 +296,8 @@ def run_step(engine: EngineState, events: list[TokenEvent]) -> None:
         cand_t = torch.tensor(cand, dtype=torch.long, device=dev)
         feats = {i: c.index_select(0, heads.index_select(0, cand_t)) for i, c in captured.items()}
         thr = torch.tensor([b.thr[h] for h in cand], dtype=torch.float32, device=dev)
-        go_cand = eng.decide(cum.index_select(0, cand_t), feats, thr)
+        previous = previous_token_features(eng, b, cand, feats) if eng.reads_previous else None
+        go_cand = eng.decide(cum.index_select(0, cand_t), feats, thr, previous)
         go = torch.zeros(n_heads, dtype=torch.bool, device=dev).index_copy(0, cand_t, go_cand)
         both = torch.stack([greedy, go.long()]).tolist()  # the step's one host sync
         greedy_l, go_l = both[0], [bool(g) for g in both[1]]
