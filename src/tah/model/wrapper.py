@@ -245,7 +245,7 @@ class TaHForCausalLM(nn.Module):
         grid = torch.cat([self._captured[i] for i in self.decider.feature_layers], dim=-1)
         batch, length, size = grid.shape
         carried = cache.last_features
-        if carried is None or carried.shape[0] != batch:
+        if carried is None:
             carried = grid.new_zeros((batch, size))
         # Index 0 is the carried state, index j + 1 position j of this call.
         table = torch.cat([carried[:, None].to(grid.dtype), grid], dim=1)

@@ -224,9 +224,6 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     def one_hop(model) -> float:
         return predict(standard_forward(model), task, val).summary()["accuracy"]["one_hop"]
 
-    def converged(rounds: list[dict[str, Any]]) -> bool:
-        return 100 * rounds[-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
-
     def final(record: dict[str, Any]) -> float:
         return record["rounds"][-1]["validation_one_hop"]
 
@@ -238,7 +235,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     model = None  # the kept attempt's model, once trained in this invocation
     report.done = per_attempt * len(attempts) if attempts else cfg.base_steps
     while len(attempts) <= cfg.base_restarts and not (
-        attempts and converged(attempts[-1]["rounds"])
+        attempts and _meets_precondition(attempts[-1]["rounds"])
     ):
         attempt = len(attempts)
         if attempt == 0:  # the shallow job's model: its first S steps
@@ -249,7 +246,7 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
             )
             _train_standard(cfg, trained, cfg.base_steps, _restart_stream(seed, attempt, 0), report)
         rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop(trained)}]
-        while not converged(rounds) and len(rounds) <= cfg.base_max_rounds:
+        while not _meets_precondition(rounds) and len(rounds) <= cfg.base_max_rounds:
             k = len(rounds)
             stream = _restart_stream(seed, attempt, k)
             _train_standard(cfg, trained, cfg.base_round_steps, stream, report)
@@ -293,6 +290,11 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
     return result
 
 
+def _meets_precondition(rounds: list[dict[str, Any]]) -> bool:
+    """Whether an attempt's last round reaches the gate's one-hop precondition (validation)."""
+    return 100 * rounds[-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
+
+
 def reopen_failed_bases(out: Path, config: TwoHopConfig) -> list[int]:
     """Seeds whose finished base missed the precondition with fewer attempts than ``config``
     now allows: turn each back into a resumable job (its attempts and kept model become the
@@ -305,9 +307,7 @@ def reopen_failed_bases(out: Path, config: TwoHopConfig) -> list[int]:
             continue
         done = json.loads(path.read_text(encoding="utf-8"))
         attempts = done.get("attempts", [])
-        passed = attempts and (
-            100 * attempts[-1]["rounds"][-1]["validation_one_hop"] >= GATE["base_one_hop_min"]
-        )
+        passed = attempts and _meets_precondition(attempts[-1]["rounds"])
         if passed or len(attempts) >= 1 + config.base_restarts:
             continue
         if (where / KEPT_MODEL_DIR).exists():
