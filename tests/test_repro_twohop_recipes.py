@@ -75,10 +75,10 @@ def test_a_base_resumes_by_attempt_after_a_kill_or_with_more_restarts(tmp_path, 
     # Killed in attempt 2: attempts 0 and 1 are on disk; the rerun trains attempt 2 only.
     train = twohop_jobs._train_standard
 
-    def dies_in_attempt_2(cfg, model, steps, stream, report):
+    def dies_in_attempt_2(cfg, model, steps, stream, report, **kwargs):
         if stream == twohop_jobs._restart_stream(0, 2, 0):
             raise KeyboardInterrupt
-        train(cfg, model, steps, stream, report)
+        train(cfg, model, steps, stream, report, **kwargs)
 
     monkeypatch.setattr(twohop_jobs, "_train_standard", dies_in_attempt_2)
     with pytest.raises(KeyboardInterrupt):
@@ -190,3 +190,57 @@ def test_the_decider_trains_on_its_own_mix_and_reads_the_previous_token(tmp_path
     assert saved["0.0"]["decider_train_loss"] != saved["0.5"]["decider_train_loss"]
     model = TaHForCausalLM.from_pretrained(tmp_path / "seed0" / "tahplus" / "model")
     assert model.config.decider_previous_token and model.decider.reads_previous_token
+
+
+def test_the_base_curriculum_shrinks_only_the_first_steps_tables(tmp_path, monkeypatch):
+    """base_first_pairs: the shallow job's and each restart's first S steps train on tables of
+    that many pairs (at most the task's), the rounds and every later job on the task's own."""
+    from tah.repro import twohop_jobs
+    from tah.repro.twohop import GATE, preset
+    from tah.repro.twohop_jobs import run_job
+
+    with pytest.raises(ConfigError, match="base_first_pairs must be >= 2"):
+        preset("quick").with_overrides(["base_first_pairs=1"])
+    quick = preset("quick")
+    assert quick.task_spec.pairs == 4 and quick.base_first_pairs == 2
+    assert quick.base_first_task_spec.pairs == 2
+    assert quick.base_first_task_spec.written_intermediate  # the base's format, fewer pairs
+    assert quick.with_overrides(["base_first_pairs=9"]).base_first_task_spec.pairs == 4
+    assert quick.with_overrides(["base_first_pairs=null"]).base_first_task_spec.pairs == 4
+
+    seen: list[tuple[int, int]] = []  # (pairs, steps) of every training run
+    real = twohop_jobs.train_loop
+
+    def recording(params, loss, task, settings, *args, **kwargs):
+        seen.append((task.pairs, settings.steps))
+        return real(params, loss, task, settings, *args, **kwargs)
+
+    monkeypatch.setattr(twohop_jobs, "train_loop", recording)
+    monkeypatch.setitem(GATE, "base_one_hop_min", 101.0)  # every attempt trains S + R rounds
+    config = quick.with_overrides(["base_restarts=1"]).to_dict()
+    run_job(config, str(tmp_path), 0, "shallow")
+    run_job(config, str(tmp_path), 0, "base")
+    S, E, R = quick.base_steps, quick.base_round_steps, quick.base_max_rounds
+    attempt_0 = [(2, S)]  # the shallow job
+    rounds = [(4, E)] * R
+    assert seen == attempt_0 + rounds + [(2, S)] + rounds  # attempt 1: a fresh init
+    seen.clear()
+    run_job(config, str(tmp_path), 0, "standard")
+    assert seen == [(4, quick.finetune_steps)]
+
+
+def test_a_run_saved_before_a_setting_existed_keeps_its_old_behaviour(tmp_path):
+    """A results.json whose config lacks a later setting describes a run made without it: it
+    is read with the value that reproduces that run, not the new default."""
+    from tah.repro.twohop import LEGACY_SETTINGS, TwoHopConfig, run_study
+
+    old = TwoHopConfig().to_dict()
+    for key in ("base_first_pairs", "decider_previous_token", "decider_written_share"):
+        del old[key]
+    assert {k: LEGACY_SETTINGS[k] for k in ("base_first_pairs", "decider_previous_token")} == {
+        "base_first_pairs": None,
+        "decider_previous_token": False,
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"config": old}))
+    with pytest.raises(ConfigError, match="holds a run with other settings"):
+        run_study(TwoHopConfig(), tmp_path, show_progress=False)

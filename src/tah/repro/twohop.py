@@ -143,6 +143,11 @@ class TwoHopConfig:
     # (registered before seed 1's attempts 3+, NOTES.md 10). More restarts never change a base
     # that passed, and a rerun with more continues one that did not.
     base_restarts: int = 6
+    # A curriculum: the base's first S steps (``shallow``, and each restart's) see tables of at
+    # most this many pairs, its rounds the task's own; None: the task's pairs throughout. 2-layer bases
+    # stuck at chance on one lookup learned both after 4000 steps at 4 pairs (2 of 3 seed-1
+    # inits that had failed without it; NOTES.md 11, registered before the run that used it).
+    base_first_pairs: int | None = 4
     finetune_steps: int = 2000  # F
     # Share of every fine-tuning batch (all arms, TaH+'s stage 1; stage 2: decider_written_share)
     # drawn in the written-out format, the rest bare; tests stay bare. 0: bare only. Needs
@@ -208,6 +213,11 @@ class TwoHopConfig:
             raise ConfigError(f"twohop: decider_written_share must be in [0, 1), got {share}")
         if share and not self.base_writes_intermediate:
             raise ConfigError("twohop: decider_written_share needs base_writes_intermediate=true")
+        first = self.base_first_pairs
+        if first is not None and int(first) < 2:
+            raise ConfigError(
+                f"twohop: base_first_pairs must be >= 2 (or null for no curriculum), got {first}"
+            )
         if self.decider_reads not in DECIDER_READS:
             raise ConfigError(
                 f"twohop: decider_reads must be one of {DECIDER_READS}, got {self.decider_reads!r}"
@@ -249,6 +259,14 @@ class TwoHopConfig:
         if not task.separators:
             raise ConfigError("twohop: base_writes_intermediate needs task.separators=true")
         return dataclasses.replace(task, written_intermediate=True)
+
+    @property
+    def base_first_task_spec(self) -> TwoHopTask:
+        """The task of the base's first S steps (``base_first_pairs``; see there)."""
+        task = self.base_task_spec
+        if self.base_first_pairs is None:
+            return task
+        return dataclasses.replace(task, pairs=min(int(self.base_first_pairs), task.pairs))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -295,6 +313,7 @@ def preset(name: str) -> TwoHopConfig:
             base_steps=12,
             base_round_steps=4,
             base_restarts=1,
+            base_first_pairs=2,
             finetune_steps=8,
             decider_steps=6,
             batch=8,
@@ -419,9 +438,8 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     started = time.perf_counter()
     state_path = out / "results.json"
     previous = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    # (settings added since that run was made take their defaults)
     if previous.get("config") and _study_settings(
-        TwoHopConfig.from_dict(previous["config"]).to_dict()
+        TwoHopConfig.from_dict(_with_legacy_settings(previous["config"])).to_dict()
     ) != _study_settings(config.to_dict()):
         raise ConfigError(
             f"{out} holds a run with other settings; use another --output or the same settings "
@@ -508,6 +526,23 @@ def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> Non
                 bar.advance(task)
     finally:
         torch.set_num_threads(threads)
+
+
+#: Settings added after runs were first made, each with the value that reproduces how a run made
+#: before it behaved (its saved config lacks the key; the new default would misdescribe it).
+LEGACY_SETTINGS: dict[str, Any] = {
+    "tie_embeddings": False,
+    "base_writes_intermediate": False,
+    "finetune_written_share": 0.0,
+    "decider_reads": "middle_last",
+    "decider_previous_token": False,
+    "decider_written_share": None,
+    "base_first_pairs": None,
+}
+
+
+def _with_legacy_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    return {**LEGACY_SETTINGS, **saved}
 
 
 def _study_settings(config: dict[str, Any]) -> dict[str, Any]:

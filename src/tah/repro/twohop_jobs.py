@@ -160,7 +160,7 @@ def _written_second_step(cfg: TwoHopConfig, model, problems: int, seed: int) -> 
 
 
 def _scratch_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -> dict[str, Any]:
-    task, train_task = cfg.task_spec, cfg.base_task_spec
+    task, train_task = cfg.task_spec, cfg.base_first_task_spec
     layers = cfg.shallow_layers
     width, steps = cfg.intermediate, cfg.base_steps
     model = new_standard(task, _shape(cfg, layers, width), seed)
@@ -244,7 +244,8 @@ def _base_job(cfg: TwoHopConfig, out: Path, seed: int, name: str, where: Path) -
             trained = new_standard(
                 task, _shape(cfg, cfg.shallow_layers), _restart_seed(seed, attempt)
             )
-            _train_standard(cfg, trained, cfg.base_steps, _restart_stream(seed, attempt, 0), report)
+            stream = _restart_stream(seed, attempt, 0)
+            _train_standard(cfg, trained, cfg.base_steps, stream, report, first=True)
         rounds = [{"round": 0, "steps": cfg.base_steps, "validation_one_hop": one_hop(trained)}]
         while not _meets_precondition(rounds) and len(rounds) <= cfg.base_max_rounds:
             k = len(rounds)
@@ -333,10 +334,14 @@ def _restart_stream(seed: int, attempt: int, k: int) -> int:
     return _stream(seed, RESTART_STREAM + 10 * attempt + k)
 
 
-def _train_standard(cfg: TwoHopConfig, model, steps: int, data_seed: int, report) -> None:
+def _train_standard(
+    cfg: TwoHopConfig, model, steps: int, data_seed: int, report, first: bool = False
+) -> None:
+    """Train the base: its first S steps (``first``, on the curriculum's task) or a round."""
     model.train()
     settings = TrainSettings(steps=steps, batch=cfg.batch, lr=cfg.lr, data_seed=data_seed)
-    train_loop(list(model.parameters()), standard_loss(model), cfg.base_task_spec, settings, report)
+    task = cfg.base_first_task_spec if first else cfg.base_task_spec
+    train_loop(list(model.parameters()), standard_loss(model), task, settings, report)
 
 
 # ------------------------------------------------------------------ fine-tuning arms

@@ -176,6 +176,13 @@ def _rounds_text(run: dict[str, Any]) -> str:
     )
 
 
+def _curriculum_text(cfg: dict[str, Any], task: dict[str, Any]) -> str:
+    first = cfg.get("base_first_pairs")
+    if first is None or int(first) >= int(task["pairs"]):
+        return ""
+    return f"; tables of {first} pairs in these S steps, of {task['pairs']} after"
+
+
 def _decider_text(cfg: dict[str, Any]) -> str:
     """How TaH+'s learned decider is built and trained (stage 2)."""
     share = cfg.get("decider_written_share")
@@ -207,7 +214,7 @@ def markdown(results: dict[str, Any]) -> str:
         "## Gate (Standard models only, recorded before any TaH model was trained)",
         "",
         f"The base: {shallow} layers trained from scratch for S = {cfg['base_steps']} steps (lr "
-        f"{cfg['lr']}, batch {cfg['batch']}), then up to {cfg['base_max_rounds']} more rounds of "
+        f"{cfg['lr']}, batch {cfg['batch']}{_curriculum_text(cfg, results['task'])}), then up to {cfg['base_max_rounds']} more rounds of "
         f"{cfg['base_round_steps']} steps while its one-hop accuracy on validation problems is "
         f"under {gate['rules']['base_one_hop_min']} %; still under it, the base starts again "
         f"from a fresh initialisation, at most {cfg.get('base_restarts', 0)} times. "
