@@ -232,7 +232,8 @@ def test_the_base_curriculum_shrinks_only_the_first_steps_tables(tmp_path, monke
 def test_a_run_saved_before_a_setting_existed_keeps_its_old_behaviour(tmp_path):
     """A results.json whose config lacks a later setting describes a run made without it: it
     is read with the value that reproduces that run, not the new default."""
-    from tah.repro.twohop import LEGACY_SETTINGS, TwoHopConfig, run_study
+    from tah.repro.twohop import TwoHopConfig, run_study
+    from tah.repro.twohop_config import LEGACY_SETTINGS
 
     old = TwoHopConfig().to_dict()
     for key in ("base_first_pairs", "decider_previous_token", "decider_written_share"):
