@@ -506,7 +506,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     s=40,
                     label=arm_names[arm] if seed == min(results["per_seed"]) else None,
                 )
-    ax_share.set_xlabel("tokens running depth 2 (%)")
+    # TaH's points sit at a few percent and AlwaysThink's at 100: linear below 1 %, log above,
+    # so both are readable (0 % stays on the axis).
+    ax_share.set_xscale("symlog", linthresh=1.0)
+    ax_share.set_xlim(-0.2, 150)
+    ax_share.set_xlabel("tokens running depth 2 (%, log scale above 1)")
     ax_share.set_ylabel("two-hop accuracy (%)")
     ax_share.set_title("Accuracy vs share of tokens iterating")
     if results.get("per_seed"):
