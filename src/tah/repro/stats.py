@@ -31,7 +31,9 @@ def mcnemar(only_first: int, only_second: int) -> float:
     if n == 0:
         return 1.0
     k = min(only_first, only_second)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    # Integer division of exact integers: 2.0**n overflows a float past n = 1023 discordant
+    # pairs, while int / int rounds correctly (to 0.0 once p is below the float range).
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2.0 * tail)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from tah.data.twohop import TWO_HOP
 from tah.io import atomic_file, write_json
 from tah.repro.plots import pyplot, save_figure
+from tah.repro.stats import mcnemar as mcnemar_p
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
 TAH_ARMS = ("alwaysthink", "tahplus")
@@ -31,18 +32,18 @@ def labels(config: dict[str, Any]) -> dict[str, str]:
 COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
 
 
+def _p_text(p: float) -> str:
+    # The exact tail underflows a float past ~1e-308: say so instead of printing "p = 0".
+    return "p < 1e-300" if p == 0 else f"p = {p:.3g}"
+
+
 def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
     """Exact two-sided McNemar test on paired outcomes (binomial on the discordant pairs)."""
     if len(a) != len(b):
         raise ValueError("paired outcomes must have the same length")
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
-    n = only_a + only_b
-    if n == 0:
-        return {"only_first": 0, "only_second": 0, "p": 1.0}
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return {"only_first": only_a, "only_second": only_b, "p": min(1.0, 2 * tail)}
+    return {"only_first": only_a, "only_second": only_b, "p": mcnemar_p(only_a, only_b)}
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -351,7 +352,7 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(
                     "–"
                     if t is None
-                    else f"{t['only_first']} / {t['only_second']}, p = {t['p']:.3g}"
+                    else f"{t['only_first']} / {t['only_second']}, {_p_text(t['p'])}"
                 )
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
         split_rows = [
