@@ -332,6 +332,9 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert len(stamp) == 8
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
+    # The same verdict over the same jobs keeps the time it was first recorded.
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["gate"] == saved["gate"] and again["gate_history"] == saved["gate_history"]
     # ...and refuses to mix runs made with other settings into the same folder.
     with pytest.raises(ConfigError, match="other settings"):
         run_study(config.with_overrides(["base_steps=13"]), tmp_path, show_progress=False)

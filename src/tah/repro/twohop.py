@@ -208,11 +208,16 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     if bases_ok or not config.enforce_gate:
         _run(_jobs(config, out, ARM_GATE_JOBS), config, show_progress, finished)
     gate = check_gate(_load_results(out, config, GATE_JOBS))
-    gate["recorded_at"] = _now()
     gate["enforced"] = config.enforce_gate
-    # Every verdict stays on record (a run may add seeds later: --seeds 0, then --seeds 0,1,2).
+    # A rerun over the same finished jobs reaches the same verdict: it keeps the time it was
+    # first recorded (the report says the gate came before the TaH models; it did).
+    earlier = previous.get("gate") or {}
+    same = {k: v for k, v in earlier.items() if k != "recorded_at"} == json.loads(json.dumps(gate))
+    gate["recorded_at"] = earlier["recorded_at"] if same else _now()
+    # Every new verdict stays on record (a run may add seeds later: --seeds 0, then 0,1,2).
     history = previous.get("gate_history", [])
-    history.append({"seeds": config.seeds, "passed": gate["passed"], "at": gate["recorded_at"]})
+    if not same:
+        history.append({"seeds": config.seeds, "passed": gate["passed"], "at": gate["recorded_at"]})
     state["gate"], state["gate_history"] = gate, history
     proceed = gate["passed"] or not config.enforce_gate
     # The readout is registered once, the first time the study reaches this point, and kept.
