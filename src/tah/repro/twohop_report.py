@@ -515,7 +515,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_share.set_ylabel("two-hop accuracy (%)")
     ax_share.set_title("Accuracy vs share of tokens iterating")
     if results.get("per_seed"):
-        ax_share.legend(fontsize=7)
+        ax_share.legend(fontsize=7, loc="lower right")
     else:
         ax_share.text(
             0.5,
