@@ -7,8 +7,10 @@ sections 8 to 10): with a base that writes the intermediate out and fine-tuning 
 written and bare answers, a 2-layer Standard does one lookup and not two (two-hop near the
 query-blind 12.5 %), while the same base grown to 4 layers does both; 3 and 4 layers already
 compose. So the default base has 2 layers and the deeper Standard control 4 (``shallow_layers``
-/ ``deep_layers``). A 2-layer base learns both lookups from few initialisations (2 of 8 in
-sections 9 and 10), hence up to ``base_restarts`` fresh ones.
+/ ``deep_layers``). A 2-layer base often never learns a lookup on tables of 8 pairs (2 of 12
+initialisations did, sections 9 and 10), so its first steps see tables of 4 pairs
+(``base_first_pairs``; 5 of 8 inits then passed, section 11), with up to ``base_restarts``
+fresh initialisations.
 
 Order of the study, per seed (seeds 0, 1, 2):
 
