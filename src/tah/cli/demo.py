@@ -5,6 +5,8 @@ The checkpoint in ``tah/assets/tiny-tah`` was trained by ``tah repro tiny`` (its
 same synthetic task (or takes ``--problem``), decodes each greedily, prints every token
 coloured by how many passes it ran, and marks each answer right or wrong, so what you see is
 the model's real hit rate rather than one lucky or unlucky problem.
+
+``tah demo --twohop`` runs the two-hop lookup model instead (:mod:`tah.cli.demo_twohop`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=160, help="token budget per answer (default 160)"
+    )
+    parser.add_argument(
+        "--twohop",
+        action="store_true",
+        help="the two-hop lookup model of `tah repro twohop` instead (TaH+ vs its first pass)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -113,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     from tah.model.loading import bundled_model_path, load_model_from_cli
 
     hf_logging.disable_progress_bar()  # a 1 MB model loads in well under a second: no bar
+    if args.twohop:
+        from tah.cli.demo_twohop import run_twohop_demo
+
+        return run_twohop_demo(args)
 
     torch.set_flush_denormal(True)
     if args.max_new_tokens < 1:

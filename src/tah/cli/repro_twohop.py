@@ -3,6 +3,7 @@
     tah repro twohop               # gate, then the four arms: 3 seeds, 2 workers
     tah repro twohop --quick       # smoke test of every code path (its numbers mean nothing)
     tah repro twohop --set base_steps=4000 --output runs/twohop-b
+    tah repro twohop --export DIR  # then copy seed 0's TaH+ to DIR (tah demo --twohop's model)
 
 Rerunning a command resumes: finished jobs are skipped.
 """
@@ -20,8 +21,8 @@ def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
 
     from tah.repro.twohop import run_study
 
-    if getattr(args, "export", None):
-        raise ConfigError("--export is for 'tah repro tiny'; twohop has no demo checkpoint")
+    if getattr(args, "export_method", "tahplus") != "tahplus":
+        raise ConfigError("tah repro twohop --export exports TaH+ only (--export-method tahplus)")
     console = Console()
     console.print(
         f"[bold]tah repro twohop[/] ({config.preset}): seeds {config.seeds}, "
@@ -37,4 +38,10 @@ def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
     console.print(
         f"written {output}/results.md, results.json, results.png ({minutes:.1f} min this run)"
     )
+    if getattr(args, "export", None):
+        from tah.repro.export import export_twohop_checkpoint
+
+        seed = config.seeds[0] if args.export_seed is None else args.export_seed
+        path = export_twohop_checkpoint(output, seed, args.export)
+        console.print(f"exported the TaH+ checkpoint of seed {seed} to {path}")
     return 0
