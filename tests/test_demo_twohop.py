@@ -68,6 +68,10 @@ def test_bad_input_gets_a_clear_error(capsys, tmp_path):
     assert "not a two-hop checkpoint" in capsys.readouterr().err
     assert main(["demo", "--twohop", "--model", str(tmp_path)]) != 0
     assert "not a two-hop TaH checkpoint" in capsys.readouterr().err
+    (tmp_path / "tah_config.json").write_text("{}")
+    (tmp_path / "repro.json").write_text("{truncated")
+    assert main(["demo", "--twohop", "--model", str(tmp_path)]) != 0
+    assert "repro.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_export_ships_a_checkpoint_the_demo_runs(tmp_path, capsys):

@@ -36,8 +36,11 @@ def _load(model_dir: Path, threshold: float | None):
             f"{model_dir} is not a two-hop TaH checkpoint (needs tah_config.json and the "
             "repro.json that `tah repro twohop --export DIR` writes)"
         )
-    facts = json.loads(facts_path.read_text(encoding="utf-8"))
-    if "task" not in facts:
+    try:
+        facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{facts_path} is not valid JSON: {exc}") from None
+    if not isinstance(facts, dict) or "task" not in facts:
         raise CheckpointError(f"{facts_path} names no two-hop task: not a two-hop checkpoint")
     overrides = {} if threshold is None else {"threshold": threshold}
     model = TaHForCausalLM.from_pretrained(str(model_dir), **overrides).eval()
