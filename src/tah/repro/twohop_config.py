@@ -97,9 +97,9 @@ class TwoHopConfig:
     # that passed, and a rerun with more continues one that did not.
     base_restarts: int = 6
     # A curriculum: the base's first S steps (``shallow``, and each restart's) see tables of at
-    # most this many pairs, its rounds the task's own; None: the task's pairs throughout. 2-layer bases
-    # stuck at chance on one lookup learned both after 4000 steps at 4 pairs (2 of 3 seed-1
-    # inits that had failed without it; NOTES.md 11, registered before the run that used it).
+    # most this many pairs, its rounds the task's own; None: the task's pairs throughout. Of 5
+    # 2-layer inits that never learned both lookups without it, 3 did with it (probes judged
+    # on validation, NOTES.md 11; registered before the run that used it).
     base_first_pairs: int | None = 4
     finetune_steps: int = 2000  # F
     # Share of every fine-tuning batch (all arms, TaH+'s stage 1; stage 2: decider_written_share)

@@ -215,7 +215,8 @@ def markdown(results: dict[str, Any]) -> str:
         "## Gate (Standard models only, recorded before any TaH model was trained)",
         "",
         f"The base: {shallow} layers trained from scratch for S = {cfg['base_steps']} steps (lr "
-        f"{cfg['lr']}, batch {cfg['batch']}{_curriculum_text(cfg, results['task'])}), then up to {cfg['base_max_rounds']} more rounds of "
+        f"{cfg['lr']}, batch {cfg['batch']}{_curriculum_text(cfg, results['task'])}), "
+        f"then up to {cfg['base_max_rounds']} more rounds of "
         f"{cfg['base_round_steps']} steps while its one-hop accuracy on validation problems is "
         f"under {gate['rules']['base_one_hop_min']} %; still under it, the base starts again "
         f"from a fresh initialisation, at most {cfg.get('base_restarts', 0)} times. "
