@@ -91,4 +91,16 @@ def run(args: argparse.Namespace) -> int:
         done = result.global_step >= result.total_steps
         table.add_row("model", str(result.final_dir) if done else "(not finished: --resume)")
         Console().print(table)
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, meet once more and tear the process group down before exiting. Left to
+    interpreter exit, a rank that finished first could abort in gloo's teardown while another
+    still wrote its summary ("terminate called without an active exception", seen in CI)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
