@@ -17,18 +17,22 @@ from tah.data.twohop import (
     build_tokenizer,
     render,
     sample_batch,
+    table_pairs,
 )
 from tah.errors import ConfigError
 
 
 def _tables(task: TwoHopTask, ids: list[int]) -> tuple[dict[int, int], dict[int, int]]:
-    step = task.pair_len
-    start_f = 2
-    start_g = start_f + step * task.pairs + 1
-    f = {ids[start_f + step * i]: ids[start_f + step * i + 1] for i in range(task.pairs)}
-    g = {ids[start_g + step * i]: ids[start_g + step * i + 1] for i in range(task.pairs)}
+    """table_pairs as lookups; the queries' answers checked against them are the generator's."""
+    f, g = (dict(pairs) for pairs in table_pairs(task, ids))
+    assert ids[1] == SPECIALS.index("F") and ids[2 + task.pair_len * task.pairs] == SPECIALS.index(
+        "G"
+    )
     if task.separators:
-        ends = [ids[s + step * i + 2] for s in (start_f, start_g) for i in range(task.pairs)]
+        step = task.pair_len
+        ends = [
+            ids[s + step * i + 2] for s in (2, 3 + step * task.pairs) for i in range(task.pairs)
+        ]
         assert set(ends) == {task.separator}
     return f, g
 

@@ -52,7 +52,7 @@ def solve(model, task, seed: int, count: int) -> list[dict[str, Any]]:
     TaH+'s answer, whether it took the second pass, and the first pass's answer alone."""
     import torch
 
-    from tah.data.twohop import KINDS, sample_batch, vocabulary
+    from tah.data.twohop import KINDS, sample_batch, table_pairs, vocabulary
     from tah.repro.twohop_runs import tah_forward
 
     batch = sample_batch(task, count, torch.Generator().manual_seed(DEMO_STREAM + seed))
@@ -63,16 +63,12 @@ def solve(model, task, seed: int, count: int) -> list[dict[str, Any]]:
     where = task.answer_positions() - 1
     guess, first = logits[:, where].argmax(-1), first_logits[:, where].argmax(-1)
     deep = counts[:, where] > 1
-    pair, table = task.pair_len, 1 + task.pair_len * task.pairs
     problems = []
     for row in range(count):
         ids = batch.input_ids[row].tolist()
-        f_pairs = [(words[ids[2 + pair * k]], words[ids[3 + pair * k]]) for k in range(task.pairs)]
-        g_start = 1 + table + 1
-        g_pairs = [
-            (words[ids[g_start + pair * k]], words[ids[g_start + 1 + pair * k]])
-            for k in range(task.pairs)
-        ]
+        f_pairs, g_pairs = (
+            [(words[a], words[b]) for a, b in pairs] for pairs in table_pairs(task, ids)
+        )
         queries = []
         for q in range(task.queries):
             start = task.first_query + task.query_len * q

@@ -247,6 +247,17 @@ def build_tokenizer(task: TwoHopTask) -> PreTrainedTokenizerFast:
     )
 
 
+def table_pairs(task: TwoHopTask, ids: torch.Tensor) -> tuple[list[tuple[int, int]], ...]:
+    """The (key, value) ids of one problem's tables F and G, in their listed order."""
+    step = task.pair_len
+    start_f = 2  # after <bos> F
+    start_g = start_f + step * task.pairs + 1  # after table F and G
+    return tuple(
+        [(int(ids[start + step * i]), int(ids[start + step * i + 1])) for i in range(task.pairs)]
+        for start in (start_f, start_g)
+    )
+
+
 def render(task: TwoHopTask, ids: torch.Tensor) -> str:
     """One problem as text (for reports and debugging)."""
     words = vocabulary(task)
