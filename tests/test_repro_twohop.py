@@ -194,7 +194,7 @@ def test_widen_keeps_the_function_and_adds_parameters():
 
 
 def test_mcnemar_matches_the_binomial_by_hand():
-    from tah.repro.twohop_report import mcnemar
+    from tah.repro.twohop_results import mcnemar
 
     a = [True] * 8 + [False] * 2 + [True] * 5
     b = [False] * 8 + [True] * 2 + [True] * 5
@@ -203,6 +203,11 @@ def test_mcnemar_matches_the_binomial_by_hand():
     # P(X <= 2) for X ~ Bin(10, 1/2) = 56/1024, doubled
     assert out["p"] == pytest.approx(2 * 56 / 1024)
     assert mcnemar(a, a)["p"] == 1.0
+    # a p below float range is printed as a bound, not as "p = 0"
+    from tah.repro.twohop_report import _p_text
+
+    assert mcnemar([True] * 1872, [False] * 1872)["p"] == 0.0
+    assert _p_text(0.0) == "p < 1e-300" and _p_text(0.0123) == "p = 0.0123"
 
 
 def test_auc_against_pairwise_count():

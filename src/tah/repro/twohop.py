@@ -176,7 +176,8 @@ def check_gate(gate_results: dict[int, dict]) -> dict[str, Any]:
 
 def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole study; write results.json/.md/.png into ``out``."""
-    from tah.repro.twohop_report import collect, write_report
+    from tah.repro.twohop_report import write_report
+    from tah.repro.twohop_results import collect
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,126 @@
+"""The results document of ``tah repro twohop``: per-seed rows, aggregates over seeds and the
+paired tests, collected from the jobs' ``result.json`` files (:mod:`tah.repro.twohop_report`
+renders it as Markdown and plots)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tah.data.twohop import TWO_HOP
+from tah.repro.stats import mcnemar as mcnemar_p
+from tah.repro.stats import mean_std as mean_and_std
+
+ARMS = ("standard", "wide", "alwaysthink", "tahplus")
+TAH_ARMS = ("alwaysthink", "tahplus")
+COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Exact two-sided McNemar test on paired outcomes (binomial on the discordant pairs)."""
+    if len(a) != len(b):
+        raise ValueError("paired outcomes must have the same length")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return {"only_first": only_a, "only_second": only_b, "p": mcnemar_p(only_a, only_b)}
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean ± sample std over seeds (missing and NaN values left out; one value: std 0)."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    mean, std = mean_and_std(kept)
+    if mean is None:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": mean, "std": 0.0 if std is None else std, "n": len(kept), "values": kept}
+
+
+def _two_hop(outcome: dict[str, Any]) -> list[bool]:
+    kinds, correct = outcome["kinds"], outcome["correct"]
+    return [c == "1" for k, c in zip(kinds, correct, strict=True) if int(k) == TWO_HOP]
+
+
+def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
+    """The results document: config, gate, readout, per-seed and aggregated numbers, tests."""
+    results = dict(state)
+    results["gate_runs"] = {
+        str(seed): {
+            name: {k: v for k, v in run.items() if k != "test"} | {"test": _strip(run["test"])}
+            for name, run in runs.items()
+            if name in ("shallow", "base", "standard2x", "deep")
+        }
+        for seed, runs in runs_by_seed.items()
+    }
+    finetune = {
+        seed: {name: run for name, run in runs.items() if name in ARMS}
+        for seed, runs in runs_by_seed.items()
+    }
+    finetune = {seed: runs for seed, runs in finetune.items() if runs}
+    per_seed: dict[str, dict] = {}
+    for seed, runs in finetune.items():
+        row: dict[str, Any] = {}
+        for arm, run in runs.items():
+            row[arm] = _strip(run["test"]) | {"parameters": run.get("parameters")}
+            if arm == "tahplus":
+                for extra in ("oracle", "depth1"):
+                    row[extra] = _strip(run[extra])
+                row["tau_sweep"] = run["tau_sweep"]
+                row["decider"] = run["decider"]
+        tests = {}
+        for first, second in COMPARISONS:
+            if first in runs and second in runs:
+                tests[f"{first}_vs_{second}"] = mcnemar(
+                    _two_hop(runs[first]["test"]), _two_hop(runs[second]["test"])
+                )
+        row["mcnemar_two_hop"] = tests
+        if "tahplus" in runs and "base" in runs_by_seed[seed]:
+            row["two_hop_by_base_outcome"] = _by_base_outcome(runs_by_seed[seed]["base"], runs)
+        per_seed[str(seed)] = row
+    results["per_seed"] = per_seed
+    aggregate: dict[str, Any] = {}
+    for arm in (*ARMS, "oracle", "depth1"):
+        rows = [r[arm] for r in per_seed.values() if arm in r]
+        if not rows:
+            continue
+        aggregate[arm] = {
+            "two_hop": mean_std([100 * r["accuracy"]["gf"] for r in rows]),
+            "one_hop": mean_std([100 * r["accuracy"]["one_hop"] for r in rows]),
+            "all_queries": mean_std([100 * r["accuracy"]["all"] for r in rows]),
+            "share_tokens_iterating": mean_std([100 * r["share_tokens_iterating"] for r in rows]),
+            "share_answers_iterating": mean_std([100 * r["share_answers_iterating"] for r in rows]),
+            "two_hop_predicted_intermediate": mean_std(
+                [100 * r.get("two_hop_predicted_intermediate", math.nan) for r in rows]
+            ),
+        }
+    results["aggregate"] = aggregate
+    results["complete"] = (
+        bool(finetune)
+        and all(set(ARMS) <= set(runs) for runs in finetune.values())
+        and len(finetune) == len(state["config"]["seeds"])
+    )
+    return results
+
+
+def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """Two-hop accuracy of each TaH+ routing, split by whether the base (the labeller) got the
+    query right: oracle routing iterates exactly the base's wrong answers, so its gain can come
+    from knowing which first guesses are wrong rather than from a second lookup."""
+    base_right = _two_hop(base["test"])
+    outcomes = {
+        "learned": runs["tahplus"]["test"],
+        "oracle": runs["tahplus"]["oracle"],
+        "depth1": runs["tahplus"]["depth1"],
+        "standard": runs.get("standard", {}).get("test"),
+    }
+    out: dict[str, Any] = {}
+    for split, wanted in (("base_right", True), ("base_wrong", False)):
+        out[split] = {"queries": sum(1 for r in base_right if r == wanted)}
+        for name, outcome in outcomes.items():
+            if outcome is None:
+                continue
+            hits = [c for c, r in zip(_two_hop(outcome), base_right, strict=True) if r == wanted]
+            out[split][name] = sum(hits) / len(hits) if hits else None
+    return out
+
+
+def _strip(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in outcome.items() if k not in ("correct", "kinds")}
