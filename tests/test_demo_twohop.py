@@ -77,7 +77,7 @@ def test_bad_input_gets_a_clear_error(capsys, tmp_path):
 def test_export_ships_a_checkpoint_the_demo_runs(tmp_path, capsys):
     from tah.errors import CheckpointError
     from tah.repro.export import export_twohop_checkpoint
-    from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop.study import preset, run_study
 
     with pytest.raises(CheckpointError, match="no finished TaH\\+ model"):
         export_twohop_checkpoint(tmp_path / "nothing", 0, tmp_path / "out")

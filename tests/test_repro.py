@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tah.errors import ConfigError
-from tah.repro.config import ReproConfig, preset
 from tah.repro.jobs import Job, JobFailed, run_jobs
-from tah.repro.report import collect_results, markdown_table
-from tah.repro.token_accuracy import TokenAccuracy, count_hard_easy
+from tah.repro.tiny.config import ReproConfig, preset
+from tah.repro.tiny.report import collect_results, markdown_table
+from tah.repro.tiny.token_accuracy import TokenAccuracy, count_hard_easy
 
 
 # ------------------------------------------------------------------ the whole pipeline
@@ -200,7 +200,7 @@ def test_export_and_demo_on_the_exported_checkpoint(quick_run, tmp_path, capsys)
 
 
 def test_rerun_with_other_settings_is_refused(quick_run):
-    from tah.repro.tiny import run_repro
+    from tah.repro.tiny.study import run_repro
 
     config = preset("quick").with_overrides(["finetune_steps=13"])
     with pytest.raises(ConfigError, match="finetune_steps"):
@@ -240,7 +240,7 @@ def test_token_accuracy_of_plain_model_matches_hf_argmax(quick_run):
     from transformers import AutoModelForCausalLM
 
     from tah.data.label_features import load_labels
-    from tah.repro.token_accuracy import token_accuracy
+    from tah.repro.tiny.token_accuracy import token_accuracy
 
     model_dir = quick_run / "seed0" / "standard" / "final"
     labels = quick_run / "seed0" / "labels" / "test"
@@ -268,7 +268,7 @@ def test_token_accuracy_of_plain_model_matches_hf_argmax(quick_run):
 
 def test_labeller_scores_zero_on_hard_and_full_on_easy(quick_run):
     """Hard tokens are the labeller's (Standard's) mistakes, so it must score 0 / 100 %."""
-    from tah.repro.token_accuracy import token_accuracy
+    from tah.repro.tiny.token_accuracy import token_accuracy
 
     res = token_accuracy(
         quick_run / "seed0" / "standard" / "final", quick_run / "seed0" / "labels" / "test"
@@ -329,7 +329,7 @@ def test_cli_rejects_non_integer_seeds_before_running_anything(tmp_path, capsys)
 
 
 def test_report_mean_and_std(tmp_path):
-    from tah.repro.methods import METHODS
+    from tah.repro.tiny.methods import METHODS
 
     config = ReproConfig(seeds=[0, 1, 2])
     accs = [0.5, 0.6, 0.8]
@@ -421,7 +421,7 @@ def test_failed_job_stops_dependents_and_names_the_log(tmp_path):
 
 # ------------------------------------------------------------------ decider study and statistics
 def test_auc_matches_pairwise_counting():
-    from tah.repro.decider_study import auc
+    from tah.repro.tiny.decider_study import auc
 
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -456,7 +456,7 @@ def test_mcnemar_is_the_exact_binomial_test():
 
 
 def test_validation_choice_rule():
-    from tah.repro.decider_study import select_on_validation
+    from tah.repro.tiny.decider_study import select_on_validation
 
     def sweep(points):
         return {
@@ -474,7 +474,7 @@ def test_validation_choice_rule():
 
 
 def test_base_labeller_option_labels_with_the_pretrained_base(tmp_path):
-    from tah.repro.graph import build_jobs
+    from tah.repro.tiny.graph import build_jobs
 
     for labeller, model in (("base", "base"), ("standard", "standard")):
         config = preset("quick").with_overrides([f"labeller={labeller}"])

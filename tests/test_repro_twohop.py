@@ -115,7 +115,7 @@ def test_written_format_spells_out_the_intermediate_of_the_same_problems():
 
 
 def test_written_second_step_accuracy_against_a_brute_force_count():
-    from tah.repro.twohop_runs import written_second_step_accuracy
+    from tah.repro.twohop.runs import written_second_step_accuracy
 
     task = TwoHopTask(entities=10, pairs=4, queries=6, separators=True, written_intermediate=True)
     batches = [sample_batch(task, 16, torch.Generator().manual_seed(s)) for s in (1, 2)]
@@ -147,8 +147,8 @@ def test_written_second_step_accuracy_against_a_brute_force_count():
 
 
 def test_decider_reads_the_named_layers():
-    from tah.repro.twohop import preset
-    from tah.repro.twohop_runs import decider_layers
+    from tah.repro.twohop.runs import decider_layers
+    from tah.repro.twohop.study import preset
 
     assert decider_layers(4) == [2, 4] and decider_layers(4, "all") == [1, 2, 3, 4]
     assert decider_layers(1) == [1]
@@ -157,7 +157,7 @@ def test_decider_reads_the_named_layers():
 
 
 def test_written_base_settings_are_checked():
-    from tah.repro.twohop import preset
+    from tah.repro.twohop.study import preset
 
     with pytest.raises(ConfigError, match="separators"):
         preset("quick").with_overrides(["task.separators=false"])
@@ -183,7 +183,7 @@ def test_written_base_settings_are_checked():
 
 
 def test_widen_keeps_the_function_and_adds_parameters():
-    from tah.repro.twohop_runs import Shape, count_parameters, new_standard, widen
+    from tah.repro.twohop.runs import Shape, count_parameters, new_standard, widen
 
     task = TwoHopTask(entities=8, pairs=4, queries=3)
     base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()
@@ -194,7 +194,7 @@ def test_widen_keeps_the_function_and_adds_parameters():
 
 
 def test_mcnemar_matches_the_binomial_by_hand():
-    from tah.repro.twohop_results import mcnemar
+    from tah.repro.twohop.results import mcnemar
 
     a = [True] * 8 + [False] * 2 + [True] * 5
     b = [False] * 8 + [True] * 2 + [True] * 5
@@ -204,14 +204,14 @@ def test_mcnemar_matches_the_binomial_by_hand():
     assert out["p"] == pytest.approx(2 * 56 / 1024)
     assert mcnemar(a, a)["p"] == 1.0
     # a p below float range is printed as a bound, not as "p = 0"
-    from tah.repro.twohop_report import _p_text
+    from tah.repro.twohop.report import _p_text
 
     assert mcnemar([True] * 1872, [False] * 1872)["p"] == 0.0
     assert _p_text(0.0) == "p < 1e-300" and _p_text(0.0123) == "p = 0.0123"
 
 
 def test_auc_against_pairwise_count():
-    from tah.repro.twohop_jobs import auc
+    from tah.repro.twohop.jobs import auc
 
     rng = random.Random(0)
     scores = torch.tensor([rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(60)])
@@ -222,7 +222,7 @@ def test_auc_against_pairwise_count():
 
 
 def test_gate_rules():
-    from tah.repro.twohop import check_gate
+    from tah.repro.twohop.study import check_gate
 
     def run(gf: float, one_hop: float = 1.0) -> dict:
         return {"test": {"accuracy": {"gf": gf, "one_hop": one_hop}}}
@@ -255,7 +255,7 @@ def test_gate_rules():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_deepen_keeps_the_function_and_doubles_the_depth(tied):
-    from tah.repro.twohop_runs import Shape, deepen, new_standard
+    from tah.repro.twohop.runs import Shape, deepen, new_standard
 
     task = TwoHopTask(entities=8, pairs=4, queries=3)
     shape = Shape(layers=2, hidden=32, intermediate=64, tie_embeddings=tied)
@@ -279,7 +279,7 @@ def test_deepen_keeps_the_function_and_doubles_the_depth(tied):
 
 
 def test_quick_study_end_to_end_and_resume(tmp_path):
-    from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop.study import preset, run_study
 
     config = preset("quick")
     results = run_study(config, tmp_path, show_progress=False)
@@ -330,7 +330,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert (tmp_path / "results.md").read_text().count("| seed |") >= 3
     assert (tmp_path / "results.png").stat().st_size > 0
     # TaH arms trained past a failed gate are labelled; a stopped study has nothing to label.
-    from tah.repro.twohop_report import markdown
+    from tah.repro.twohop.report import markdown
 
     assert not saved["gate"]["passed"] and "exploratory" in markdown(saved)
     kept = ("standard", "mcnemar_two_hop")
@@ -350,7 +350,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
 
 
 def test_hard_labels_mark_exactly_the_labellers_wrong_answers():
-    from tah.repro.twohop_runs import Shape, hard_labels, new_standard
+    from tah.repro.twohop.runs import Shape, hard_labels, new_standard
 
     task = TwoHopTask(entities=8, pairs=4, queries=3)
     model = new_standard(task, Shape(layers=1, hidden=32, intermediate=64), 0).eval()
@@ -366,7 +366,7 @@ def test_hard_labels_mark_exactly_the_labellers_wrong_answers():
 
 
 def test_routing_modes_of_a_tah_model():
-    from tah.repro.twohop_runs import (
+    from tah.repro.twohop.runs import (
         Shape,
         eval_batches,
         new_standard,
@@ -400,7 +400,7 @@ def test_routing_modes_of_a_tah_model():
 
 def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
     """``run_jobs`` refuses a dependency outside the job list, and phases run one at a time."""
-    from tah.repro.twohop import ARM_GATE_JOBS, BASE_JOBS, TAH_JOBS, _jobs, preset
+    from tah.repro.twohop.study import ARM_GATE_JOBS, BASE_JOBS, TAH_JOBS, _jobs, preset
 
     config = preset("quick").with_overrides(["seeds=[0,1]"])
     for phase in (BASE_JOBS, ARM_GATE_JOBS, TAH_JOBS):
@@ -413,7 +413,7 @@ def test_every_phase_names_only_its_own_jobs_as_dependencies(tmp_path):
 
 
 def test_quick_study_with_a_bare_answer_base(tmp_path):
-    from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop.study import preset, run_study
 
     config = preset("quick").with_overrides(
         ["base_writes_intermediate=false", "finetune_written_share=0"]
@@ -426,8 +426,8 @@ def test_quick_study_with_a_bare_answer_base(tmp_path):
 
 
 def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
-    from tah.repro.twohop import preset, run_study
-    from tah.repro.twohop_jobs import run_job
+    from tah.repro.twohop.jobs import run_job
+    from tah.repro.twohop.study import preset, run_study
 
     config = preset("quick")
     run_study(config, tmp_path, show_progress=False)

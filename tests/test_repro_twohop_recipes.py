@@ -14,8 +14,8 @@ def test_base_restarts_from_a_fresh_init_only_while_it_misses_the_precondition(
 ):
     from transformers import AutoModelForCausalLM
 
-    from tah.repro.twohop import GATE, preset
-    from tah.repro.twohop_jobs import run_job
+    from tah.repro.twohop.jobs import run_job
+    from tah.repro.twohop.study import GATE, preset
 
     config = preset("quick").with_overrides(["base_restarts=2"])
     run_job(config.to_dict(), str(tmp_path), 0, "shallow")
@@ -32,7 +32,7 @@ def test_base_restarts_from_a_fresh_init_only_while_it_misses_the_precondition(
     finals = [a["rounds"][-1]["validation_one_hop"] for a in never["attempts"]]
     assert never["rounds"] == never["attempts"][never["attempt_kept"]]["rounds"]
     assert never["rounds"][-1]["validation_one_hop"] == max(finals)
-    from tah.repro.twohop_report import _rounds_text
+    from tah.repro.twohop.report import _rounds_text
 
     shown = _rounds_text(never)
     assert shown.count("attempt ") == 3 and f"attempt {never['attempt_kept']} (kept)" in shown
@@ -52,9 +52,9 @@ def test_a_base_resumes_by_attempt_after_a_kill_or_with_more_restarts(tmp_path, 
     continues with the next attempt and ends exactly where an uninterrupted base ends."""
     from transformers import AutoModelForCausalLM
 
-    from tah.repro import twohop_jobs
-    from tah.repro.twohop import GATE, preset
-    from tah.repro.twohop_jobs import reopen_failed_bases, run_job
+    from tah.repro.twohop import jobs as twohop_jobs
+    from tah.repro.twohop.jobs import reopen_failed_bases, run_job
+    from tah.repro.twohop.study import GATE, preset
 
     monkeypatch.setitem(GATE, "base_one_hop_min", 101.0)  # never reached: every attempt runs
     three = preset("quick").with_overrides(["base_restarts=2"])
@@ -109,7 +109,7 @@ def test_a_base_resumes_by_attempt_after_a_kill_or_with_more_restarts(tmp_path, 
 
 
 def test_restarted_bases_draw_their_own_seeds_and_streams():
-    from tah.repro.twohop_jobs import _restart_seed, _restart_stream, _stream
+    from tah.repro.twohop.jobs import _restart_seed, _restart_stream, _stream
 
     seeds = {_restart_seed(s, a) for s in range(3) for a in range(1, 3)}
     assert len(seeds) == 6 and not seeds & {0, 1, 2}
@@ -145,7 +145,7 @@ def test_mixed_batches_stack_written_and_bare_problems():
 
 
 def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
-    from tah.repro.twohop import preset
+    from tah.repro.twohop.study import preset
 
     with pytest.raises(ConfigError, match="finetune_written_share must be in"):
         preset("quick").with_overrides(["finetune_written_share=1.0"])
@@ -156,7 +156,7 @@ def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
     config = preset("quick").with_overrides(["finetune_written_share=0.5"])
     assert config.written_per_batch == config.batch // 2
     # The standard arm trains on other rows with the mix (same base, same stream seed).
-    from tah.repro.twohop_jobs import run_job
+    from tah.repro.twohop.jobs import run_job
 
     losses = {}
     for share in (0.0, 0.5):
@@ -174,8 +174,8 @@ def test_the_decider_trains_on_its_own_mix_and_reads_the_previous_token(tmp_path
     """decider_written_share reaches stage 2 only (stage 1 trains on the fine-tuning mix), and
     decider_previous_token reaches the saved TaH+ model."""
     from tah import TaHForCausalLM
-    from tah.repro.twohop import preset
-    from tah.repro.twohop_jobs import run_job
+    from tah.repro.twohop.jobs import run_job
+    from tah.repro.twohop.study import preset
 
     base = preset("quick").with_overrides(["finetune_written_share=0.5"])
     run_job(base.to_dict(), str(tmp_path), 0, "shallow")
@@ -195,9 +195,9 @@ def test_the_decider_trains_on_its_own_mix_and_reads_the_previous_token(tmp_path
 def test_the_base_curriculum_shrinks_only_the_first_steps_tables(tmp_path, monkeypatch):
     """base_first_pairs: the shallow job's and each restart's first S steps train on tables of
     that many pairs (at most the task's), the rounds and every later job on the task's own."""
-    from tah.repro import twohop_jobs
-    from tah.repro.twohop import GATE, preset
-    from tah.repro.twohop_jobs import run_job
+    from tah.repro.twohop import jobs as twohop_jobs
+    from tah.repro.twohop.jobs import run_job
+    from tah.repro.twohop.study import GATE, preset
 
     with pytest.raises(ConfigError, match="base_first_pairs must be >= 2"):
         preset("quick").with_overrides(["base_first_pairs=1"])
@@ -232,8 +232,8 @@ def test_the_base_curriculum_shrinks_only_the_first_steps_tables(tmp_path, monke
 def test_a_run_saved_before_a_setting_existed_keeps_its_old_behaviour(tmp_path):
     """A results.json whose config lacks a later setting describes a run made without it: it
     is read with the value that reproduces that run, not the new default."""
-    from tah.repro.twohop import TwoHopConfig, run_study
-    from tah.repro.twohop_config import LEGACY_SETTINGS
+    from tah.repro.twohop.config import LEGACY_SETTINGS
+    from tah.repro.twohop.study import TwoHopConfig, run_study
 
     old = TwoHopConfig().to_dict()
     for key in ("base_first_pairs", "decider_previous_token", "decider_written_share"):

@@ -53,7 +53,7 @@ def solve(model, task, seed: int, count: int) -> list[dict[str, Any]]:
     import torch
 
     from tah.data.twohop import KINDS, sample_batch, table_pairs, vocabulary
-    from tah.repro.twohop_runs import tah_forward
+    from tah.repro.twohop.runs import tah_forward
 
     batch = sample_batch(task, count, torch.Generator().manual_seed(DEMO_STREAM + seed))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""``tah repro tiny``: the paper's whole pipeline at laptop scale (see :mod:`tah.repro.tiny`).
+"""``tah repro tiny``: the paper's whole pipeline at laptop scale (see :mod:`tah.repro.tiny.study`).
 
     tah repro tiny                 # the reported table: 3 seeds, ~45-55 min on 2 idle cores
     tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min of CPU
@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting of the study (tiny: tah.repro.config.ReproConfig, twohop: "
-        "tah.repro.twohop.TwoHopConfig; --show-config lists them), e.g. --set finetune_steps=600",
+        help="override a setting of the study (tiny: tah.repro.tiny.config.ReproConfig, twohop: "
+        "tah.repro.twohop.config.TwoHopConfig; --show-config lists them), e.g. --set finetune_steps=600",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel steps (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -77,22 +77,22 @@ def configure(args: argparse.Namespace, make_preset, full: str) -> tuple[Any, st
 def run(args: argparse.Namespace) -> int:
     if args.scale == "twohop":
         from tah.cli.repro_twohop import run_twohop
-        from tah.repro.twohop import preset as twohop_preset
+        from tah.repro.twohop.study import preset as twohop_preset
 
         configured = configure(args, twohop_preset, "full")
         return 0 if configured is None else run_twohop(args, *configured)
 
     from rich.console import Console
 
-    from tah.repro.config import preset
+    from tah.repro.tiny.config import preset
 
     configured = configure(args, preset, "tiny")
     if configured is None:
         return 0
     config, output = configured
 
-    from tah.repro.report import rich_table
-    from tah.repro.tiny import run_repro
+    from tah.repro.tiny.report import rich_table
+    from tah.repro.tiny.study import run_repro
 
     console = Console()
     console.print(

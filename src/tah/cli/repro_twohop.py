@@ -1,4 +1,4 @@
-"""``tah repro twohop``: the depth-bound study (see :mod:`tah.repro.twohop`).
+"""``tah repro twohop``: the depth-bound study (see :mod:`tah.repro.twohop.study`).
 
     tah repro twohop               # gate, then the four arms: 3 seeds, 2 workers
     tah repro twohop --quick       # smoke test of every code path (its numbers mean nothing)
@@ -19,7 +19,7 @@ from tah.errors import ConfigError
 def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
     from rich.console import Console
 
-    from tah.repro.twohop import run_study
+    from tah.repro.twohop.study import run_study
 
     if getattr(args, "export_method", "tahplus") != "tahplus":
         raise ConfigError("tah repro twohop --export exports TaH+ only (--export-method tahplus)")

@@ -1,16 +1,13 @@
-"""The laptop-scale reproduction of the paper's pipeline (``tah repro tiny``).
+"""``tah repro``: the studies that check the method end to end, one sub-package per study.
 
-* :mod:`tah.repro.config`  - every setting, with the ``tiny`` and ``quick`` presets
-* :mod:`tah.repro.methods` - the table's rows and where their models live (shared, one layer down)
-* :mod:`tah.repro.tiny`    - the pipeline: data, labelled rows, the whole run
-* :mod:`tah.repro.graph`   - the job graph of real ``tah`` steps
-* :mod:`tah.repro.recipes` - the ``tah train`` recipes of each seed
-* :mod:`tah.repro.jobs`    - runs the steps on single-threaded worker processes, with progress
-* :mod:`tah.repro.widen`   - the width-matched Standard control (a function-preserving wider MLP)
-* :mod:`tah.repro.decider_study` - decider precision / recall / AUC, variants, validation choice
-* :mod:`tah.repro.token_accuracy` - next-token accuracy on hard / easy held-out tokens
-* :mod:`tah.repro.stats`   - mean ± std and the exact McNemar test
-* :mod:`tah.repro.report`, :mod:`tah.repro.tables`, :mod:`tah.repro.plots` - the report from a
-  run folder: numbers (JSON), Markdown tables, plots
-* :mod:`tah.repro.export`  - copies one seed's TaH checkpoint out (the bundled demo model)
+* :mod:`tah.repro.tiny`   - the paper's pipeline at laptop scale (word problems, ``tah repro tiny``)
+* :mod:`tah.repro.twohop` - the depth-bound lookup study (``tah repro twohop``)
+
+At this level only what both studies use:
+
+* :mod:`tah.repro.jobs`   - the job runner: steps on single-threaded worker processes, with progress
+* :mod:`tah.repro.stats`  - mean ± std and the exact McNemar test
+* :mod:`tah.repro.plots`  - matplotlib on Agg, atomic PNG writes
+* :mod:`tah.repro.export` - copies one seed's TaH checkpoint out (the bundled demo models)
+* :mod:`tah.repro.widen`  - the width-matched Standard control (a function-preserving wider MLP)
 """

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from tah.io import write_json
-from tah.repro.methods import METHODS, model_dir
+from tah.repro.tiny.methods import METHODS, model_dir
 
 __all__ = ["export_checkpoint", "export_twohop_checkpoint"]
 
@@ -79,7 +79,7 @@ def export_twohop_checkpoint(out: str | Path, seed: int, dest: str | Path) -> Pa
     from tah.data.twohop import TwoHopTask, build_tokenizer
     from tah.errors import CheckpointError
     from tah.io import atomic_dir
-    from tah.repro.twohop_config import job_dir
+    from tah.repro.twohop.config import job_dir
 
     out = Path(out)
     source = job_dir(out, seed, "tahplus") / "model"

@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tah.repro.config import ReproConfig
-from tah.repro.decider_study import DEFAULT_VARIANT
 from tah.repro.jobs import Job
-from tah.repro.methods import DATASET, METHODS, model_dir
-from tah.repro.recipes import recipes_for_seed
+from tah.repro.tiny.config import ReproConfig
+from tah.repro.tiny.decider_study import DEFAULT_VARIANT
+from tah.repro.tiny.methods import DATASET, METHODS, model_dir
+from tah.repro.tiny.recipes import recipes_for_seed
 
 __all__ = ["build_jobs", "labeller_dir"]
 
@@ -215,7 +215,7 @@ def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Jo
         )
     call(
         "rows",
-        "tah.repro.tiny:write_labelled_rows",
+        "tah.repro.tiny.study:write_labelled_rows",
         {
             "labels_dir": str(sd / "labels" / "train"),
             "plain_rows": str(data / "ft_rows.jsonl"),
@@ -374,7 +374,7 @@ def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Jo
         )
         call(
             f"decider_val_{variant}",
-            "tah.repro.decider_study:scores_to_json",
+            "tah.repro.tiny.decider_study:scores_to_json",
             {
                 "model_path": model,
                 "labels_dir": str(sd / "labels" / "validation"),
@@ -387,7 +387,7 @@ def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Jo
         )
     call(
         "eval_tahplus_val",
-        "tah.repro.decider_study:evaluate_selected",
+        "tah.repro.tiny.decider_study:evaluate_selected",
         {
             "models": {v: m for v, (_, m) in deciders.items()},
             "sweep_files": sweep_files,
@@ -402,7 +402,7 @@ def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Jo
     for key in ("tah", "tahplus"):
         call(
             f"decider_test_{key}",
-            "tah.repro.decider_study:scores_to_json",
+            "tah.repro.tiny.decider_study:scores_to_json",
             {
                 "model_path": str(sd / f"{key}_stage2" / "final"),
                 "labels_dir": str(sd / "labels" / "test"),
@@ -424,7 +424,7 @@ def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Jo
     for key, (job, model, options) in token_runs.items():
         call(
             f"tokens_{key}",
-            "tah.repro.token_accuracy:score_to_json",
+            "tah.repro.tiny.token_accuracy:score_to_json",
             {
                 "model_path": model,
                 "labels_dir": str(sd / "labels" / "test"),

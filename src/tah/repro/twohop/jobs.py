@@ -17,8 +17,8 @@ import torch
 
 from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop_config import GATE, TAH_JOBS, TwoHopConfig, job_dir
-from tah.repro.twohop_runs import (
+from tah.repro.twohop.config import GATE, TAH_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop.runs import (
     Predictions,
     Shape,
     TrainSettings,

@@ -18,7 +18,7 @@ Per seed (the synthetic data, tokenizer and test problems are shared by all seed
                           teacher-forced next-token accuracy on hard / easy tokens
     report     mean ± std over seeds, the pre-registered paired tests: Markdown, JSON, plots
 
-Every step is a job (:mod:`tah.repro.jobs`, graph in :mod:`tah.repro.graph`) that runs
+Every step is a job (:mod:`tah.repro.jobs`, graph in :mod:`tah.repro.tiny.graph`) that runs
 ``tah <command> ...`` with the arguments and recipes written into the run directory, so any
 step can be rerun by hand, and rerunning the reproduction skips finished steps.
 """
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from tah.io import write_json
-from tah.repro.config import ReproConfig
-from tah.repro.graph import build_jobs
 from tah.repro.jobs import JobResult, run_jobs
-from tah.repro.methods import DATASET
+from tah.repro.tiny.config import ReproConfig
+from tah.repro.tiny.graph import build_jobs
+from tah.repro.tiny.methods import DATASET
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def run_repro(
     config: ReproConfig, out: str | Path, *, show_progress: bool = True
 ) -> dict[str, Any]:
     """Run (or resume) the reproduction into ``out``; returns the aggregated results."""
-    from tah.repro.report import collect_results, write_report
+    from tah.repro.tiny.report import collect_results, write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def run_repro(
                 "choose another --output or delete it"
             )
     write_json(saved, config.to_dict())
-    from tah.repro.report import preregistration
+    from tah.repro.tiny.report import preregistration
 
     prereg = out / "preregistration.json"
     if not prereg.is_file():  # fixed by the first invocation; a later --seeds subset keeps it

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tah.repro.config import ReproConfig
+from tah.repro.tiny.config import ReproConfig
 
 __all__ = ["recipes_for_seed"]
 
@@ -72,7 +72,7 @@ def recipes_for_seed(config: ReproConfig, out: Path, seed: int, vocab: int) -> d
     seed and batch): Standard and the AlwaysThink models the unlabelled rows, the TaH models
     the same rows carrying the labeller's hard-token marks (checked identical when written).
     """
-    from tah.repro.decider_study import VARIANTS
+    from tah.repro.tiny.decider_study import VARIANTS
 
     sd = out / f"seed{seed}"
     plain_rows = str(out / "synthetic" / "ft_rows.jsonl")

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tah.io import atomic_file, write_json
-from tah.repro.config import ReproConfig
-from tah.repro.methods import COMPARISONS, METHODS, ROUTING_ROWS
 from tah.repro.plots import plot_accuracy_vs_iterating, plot_results
 from tah.repro.stats import mcnemar_from_runs, mean_std
-from tah.repro.tables import (
+from tah.repro.tiny.config import ReproConfig
+from tah.repro.tiny.methods import COMPARISONS, METHODS, ROUTING_ROWS
+from tah.repro.tiny.tables import (
     COLUMNS,
     _cell,
     decider_section,

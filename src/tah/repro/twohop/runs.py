@@ -1,4 +1,4 @@
-"""Training and evaluation of one model of the two-hop study (see :mod:`tah.repro.twohop`).
+"""Training and evaluation of one model of the two-hop study (see :mod:`tah.repro.twohop.study`).
 
 Why an in-process loop instead of ``tah train``: every step draws fresh problems from the
 generator (no dataset on disk can hold them), and a 4-layer model takes ~70 ms a step, so the

@@ -1,7 +1,7 @@
 """The rows of the tiny reproduction's table and where each row's model lives in a run folder.
 
-This is the piece shared by the job graph (:mod:`tah.repro.tiny`), the report
-(:mod:`tah.repro.report`) and the export (:mod:`tah.repro.export`); it sits one layer below
+This is the piece shared by the job graph (:mod:`tah.repro.tiny.graph`), the report
+(:mod:`tah.repro.tiny.report`) and the export (:mod:`tah.repro.export`); it sits one layer below
 them so that none of them imports another.
 """
 

@@ -1,7 +1,7 @@
 """Settings of ``tah repro twohop``, fixed as data: the gate, the readout, every training
 setting (:class:`TwoHopConfig`, ``--set key=value``), the presets and where each job lives.
 
-Apart from the study (:mod:`tah.repro.twohop`) so that the jobs (:mod:`tah.repro.twohop_jobs`)
+Apart from the study (:mod:`tah.repro.twohop`) so that the jobs (:mod:`tah.repro.twohop.jobs`)
 and the report read the settings without importing the study that runs them.
 """
 

@@ -61,7 +61,7 @@ from typing import Any
 
 from tah.errors import ConfigError
 from tah.io import write_json
-from tah.repro.twohop_config import (
+from tah.repro.twohop.config import (
     ARM_GATE_JOBS,
     BASE_JOBS,
     GATE,
@@ -112,7 +112,7 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
                     name=f"seed{seed}/{name}",
                     log=where / "log.txt",
                     call=(
-                        "tah.repro.twohop_jobs:run_job",
+                        "tah.repro.twohop.jobs:run_job",
                         {"config": config.to_dict(), "out": str(out), "seed": seed, "name": name},
                     ),
                     deps=deps,
@@ -176,8 +176,8 @@ def check_gate(gate_results: dict[int, dict]) -> dict[str, Any]:
 
 def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole study; write results.json/.md/.png into ``out``."""
-    from tah.repro.twohop_report import write_report
-    from tah.repro.twohop_results import collect
+    from tah.repro.twohop.report import write_report
+    from tah.repro.twohop.results import collect
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
         if not result.skipped:
             state["timings"][result.name] = {"wall_s": result.wall_s, "cpu_s": result.cpu_s}
 
-    from tah.repro.twohop_jobs import reopen_failed_bases
+    from tah.repro.twohop.jobs import reopen_failed_bases
 
     # A base that missed the precondition continues if more restarts are allowed now.
     state["bases_reopened"] = previous.get("bases_reopened", []) + [

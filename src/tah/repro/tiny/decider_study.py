@@ -86,7 +86,7 @@ def decider_scores(
     import torch
 
     from tah.model.loading import load_model
-    from tah.repro.token_accuracy import labelled_batches
+    from tah.repro.tiny.token_accuracy import labelled_batches
 
     model = load_model(model_path, threshold=threshold)
     model.eval()

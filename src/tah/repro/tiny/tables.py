@@ -1,6 +1,6 @@
 """The reproduction's tables as text: Markdown sections and the terminal table.
 
-Pure formatting of the ``results.json`` dictionary built by :mod:`tah.repro.report`; nothing
+Pure formatting of the ``results.json`` dictionary built by :mod:`tah.repro.tiny.report`; nothing
 here reads the run folder.
 """
 
@@ -140,7 +140,7 @@ def readout_section(results: dict[str, Any]) -> str:
 
 
 def decider_section(results: dict[str, Any]) -> str:
-    from tah.repro.decider_study import VARIANTS
+    from tah.repro.tiny.decider_study import VARIANTS
 
     lines = [
         "The learned decider against the labels of held-out solutions (supervised tokens; "

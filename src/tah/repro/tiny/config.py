@@ -66,7 +66,7 @@ class ReproConfig:
     decider_pos_weight: float | str = "auto"  # stage-2 BCE weight of positives ("auto" = neg/pos)
     decider_targets: str = "all"  # "all" (prompt tokens as negatives) or "response"
     # other stage-2 deciders trained on the same TaH+ stage-1 model and compared on the
-    # validation split only (tah.repro.decider_study.VARIANTS)
+    # validation split only (tah.repro.tiny.decider_study.VARIANTS)
     decider_variants: list[str] = field(
         default_factory=lambda: ["pos_weight_5.4", "response_only", "wider"]
     )
@@ -90,7 +90,7 @@ class ReproConfig:
             raise ConfigError(f"seeds must be integers, e.g. --seeds 0,1,2; got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {self.seeds}")
-        from tah.repro.decider_study import VARIANTS
+        from tah.repro.tiny.decider_study import VARIANTS
 
         if self.labeller not in ("standard", "base"):
             raise ConfigError(f"labeller must be 'standard' or 'base', got {self.labeller!r}")

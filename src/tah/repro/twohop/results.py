@@ -1,5 +1,5 @@
 """The results document of ``tah repro twohop``: per-seed rows, aggregates over seeds and the
-paired tests, collected from the jobs' ``result.json`` files (:mod:`tah.repro.twohop_report`
+paired tests, collected from the jobs' ``result.json`` files (:mod:`tah.repro.twohop.report`
 renders it as Markdown and plots)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The report of ``tah repro twohop``: its results document (:mod:`tah.repro.twohop_results`)
+"""The report of ``tah repro twohop``: its results document (:mod:`tah.repro.twohop.results`)
 written as JSON, Markdown and plots."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from tah.io import atomic_file, write_json
 from tah.repro.plots import pyplot, save_figure
-from tah.repro.twohop_results import ARMS, COMPARISONS, TAH_ARMS
+from tah.repro.twohop.results import ARMS, COMPARISONS, TAH_ARMS
 
 _LABELS = {
     "standard": "Standard ({n}L)",
