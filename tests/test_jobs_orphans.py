@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {here!r})
 from tah.repro.jobs import Job, run_jobs
+from sleeper import sleep
 out = Path({out!r})
-run_jobs([Job("sleeper", out / "sleeper.log", call=("sleeper:sleep", {{"pid_file": str(out / "pid")}}))],
+run_jobs([Job("sleeper", out / "sleeper.log", call=(sleep, {{"pid_file": str(out / "pid")}}))],
          workers=1, show_progress=False)
 """
 

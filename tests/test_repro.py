@@ -364,8 +364,8 @@ def _boom() -> None:
 def test_jobs_respect_dependencies_and_resume(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     jobs = [
-        Job("b", tmp_path / "b.log", call=(f"{__name__}:_touch", {"path": str(b)}), deps=["a"]),
-        Job("a", tmp_path / "a.log", call=(f"{__name__}:_touch", {"path": str(a)}), done=a),
+        Job("b", tmp_path / "b.log", call=(_touch, {"path": str(b)}), deps=["a"]),
+        Job("a", tmp_path / "a.log", call=(_touch, {"path": str(a)}), done=a),
     ]
     results = run_jobs(jobs, workers=2, show_progress=False)
     assert a.exists() and b.exists() and not results["a"].skipped
@@ -387,7 +387,7 @@ def test_jobs_start_the_longest_chain_first(tmp_path):
         return Job(
             name,
             tmp_path / f"{name}.log",
-            call=(f"{__name__}:_append", {"path": str(order), "text": name}),
+            call=(_append, {"path": str(order), "text": name}),
             deps=list(deps),
             cost=cost,
         )
@@ -405,13 +405,15 @@ def test_jobs_start_the_longest_chain_first(tmp_path):
 def test_failed_job_stops_dependents_and_names_the_log(tmp_path):
     c = tmp_path / "c"
     jobs = [
-        Job("bad", tmp_path / "bad.log", call=(f"{__name__}:_boom", {})),
+        Job("bad", tmp_path / "bad.log", call=(_boom, {})),
         Job(
             "after",
             tmp_path / "after.log",
-            call=(f"{__name__}:_touch", {"path": str(c)}),
+            call=(_touch, {"path": str(c)}),
             deps=["bad"],
         ),
+        # two steps below the failure: dropped too, not mistaken for a dependency cycle
+        Job("later", tmp_path / "later.log", call=(_touch, {"path": str(c)}), deps=["after"]),
     ]
     with pytest.raises(JobFailed, match="bad.log") as info:
         run_jobs(jobs, workers=1, show_progress=False)

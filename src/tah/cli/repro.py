@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         f"[bold]tah repro tiny[/] ({config.preset}): seeds {config.seeds}, "
         f"{config.workers} workers x {config.threads} thread(s) → {output}"
     )
-    results = run_repro(config, output, show_progress=not args.no_progress)
+    from tah.cli import main
+
+    results = run_repro(config, output, show_progress=not args.no_progress, command=main)
     console.print(rich_table(results))
     minutes = results["wall_time_s_this_invocation"] / 60
     console.print(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +159,15 @@ def select_on_validation(sweeps: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_selected(
-    models: dict[str, str], sweep_files: dict[str, str], output: str, eval_args: list[str]
+    models: dict[str, str],
+    sweep_files: dict[str, str],
+    output: str,
+    eval_args: list[str],
+    command: Callable[[list[str]], int],
 ) -> dict[str, Any]:
     """Select a decider and τ on validation (:func:`select_on_validation`), then run ``tah eval``
-    with them on the test problems into ``output`` (a reproduction step)."""
-    from tah.cli import main
+    with them on the test problems into ``output`` (a reproduction step); ``command`` is the
+    ``tah`` entry point (passed in: nothing below the CLI imports it)."""
     from tah.errors import TaHError
     from tah.io import write_json
 
@@ -183,7 +188,9 @@ def evaluate_selected(
         str(out),
         *eval_args,
     ]
-    if main(argv) != 0:
+    if command is None:
+        raise TaHError("evaluate_selected needs the tah command to run 'tah eval'")
+    if command(argv) != 0:
         raise TaHError(f"tah {' '.join(argv)} failed")
     write_json(out / "selection.json", choice)
     return choice

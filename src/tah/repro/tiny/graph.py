@@ -17,14 +17,18 @@ With ``labeller=base`` the labels come from the pretrained base instead of Stand
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tah.repro.jobs import Job
 from tah.repro.tiny.config import ReproConfig
-from tah.repro.tiny.decider_study import DEFAULT_VARIANT
+from tah.repro.tiny.decider_study import DEFAULT_VARIANT, evaluate_selected, scores_to_json
 from tah.repro.tiny.methods import DATASET, METHODS, model_dir
 from tah.repro.tiny.recipes import recipes_for_seed
+from tah.repro.tiny.rows import write_labelled_rows
+from tah.repro.tiny.token_accuracy import score_to_json
+from tah.repro.widen import widen_to_match
 
 __all__ = ["build_jobs", "labeller_dir"]
 
@@ -89,351 +93,254 @@ def labeller_dir(config: ReproConfig, out: Path, seed: int) -> Path:
     return sd / "standard" / "final"
 
 
-def build_jobs(config: ReproConfig, out: Path, vocab: int) -> list[Job]:
+def build_jobs(
+    config: ReproConfig,
+    out: Path,
+    vocab: int,
+    command: Callable[[list[str]], int] | None = None,
+) -> list[Job]:
     """Every step of every seed (recipes are written to ``out/recipes``); the first seed's
-    steps go first so that an interrupted run holds whole seeds."""
+    steps go first so that an interrupted run holds whole seeds. ``command`` is the ``tah``
+    entry point, for the one step that picks its command line while it runs."""
     jobs: list[Job] = []
     for rank, seed in enumerate(config.seeds):
-        for job in _seed_jobs(config, out, seed, vocab):
+        graph = _SeedGraph(config, out, seed, vocab, command)
+        graph.models()
+        graph.evaluations()
+        graph.decider_study()
+        graph.token_accuracy()
+        for job in graph.jobs:
             job.priority = rank
             jobs.append(job)
     return jobs
 
 
-def _seed_jobs(config: ReproConfig, out: Path, seed: int, vocab: int) -> list[Job]:
-    import yaml
+class _SeedGraph:
+    """One seed's jobs, added phase by phase (each phase a method, in the order they run)."""
 
-    from tah.io import atomic_file
+    def __init__(
+        self, config: ReproConfig, out: Path, seed: int, vocab: int, command: Callable | None
+    ) -> None:
+        self.config, self.out, self.seed, self.command = config, out, seed, command
+        self.data = out / DATASET
+        self.sd = out / f"seed{seed}"
+        self.logs = out / "logs" / f"seed{seed}"
+        self.jobs: list[Job] = []
+        self.recipes = recipes_for_seed(config, out, seed, vocab)
+        self._write_recipes()
+        self.base = str(self.sd / "base" / "final")
+        self.labeller = str(labeller_dir(config, out, seed))
+        self.labeller_job = self.name("pretrain" if config.labeller == "base" else "standard")
+        eval_args = [
+            *("--temperature", "0", "--max-new-tokens", str(config.max_new_tokens)),
+            *("--batch-size", str(config.eval_batch_size), "--device", "cpu"),
+            *("--dtype", "float32", "--overwrite", "--no-progress"),
+        ]
+        self.test_args = ["--datasets", str(self.data / "test.jsonl"), *eval_args]
+        self.val_args = ["--datasets", str(self.data / "validation.jsonl"), *eval_args]
+        self.taus = ",".join(f"{t:g}" for t in config.sweep_thresholds)
 
-    data = out / DATASET
-    sd = out / f"seed{seed}"
-    logs = out / "logs" / f"seed{seed}"
-    seed_jobs: list[Job] = []
-    add = seed_jobs.append
+    def name(self, step: str) -> str:
+        return f"s{self.seed}/{step}"
 
-    def name(step: str, s: int = seed) -> str:
-        return f"s{s}/{step}"
+    def _write_recipes(self) -> None:
+        import yaml
 
-    recipes = recipes_for_seed(config, out, seed, vocab)
-    for key, recipe in recipes.items():
-        path = out / "recipes" / f"seed{seed}" / f"{key}.yaml"
-        with atomic_file(path, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(recipe, handle, sort_keys=False)
+        from tah.io import atomic_file
 
-    def train(key: str, deps: list[str], cost: float) -> None:
-        recipe = recipes[key]
-        run_dir = Path(recipe["output"]["dir"])
-        steps = int(recipe["train"]["max_steps"])
-        add(
+        for key, recipe in self.recipes.items():
+            path = self.out / "recipes" / f"seed{self.seed}" / f"{key}.yaml"
+            with atomic_file(path, "w", encoding="utf-8") as handle:
+                yaml.safe_dump(recipe, handle, sort_keys=False)
+
+    # ---------------------------------------------------------------- kinds of job
+    def command_job(
+        self, step: str, argv: list[str], deps: list[str], done: Any, cost: float, progress=None
+    ) -> None:
+        deps = [self.name(d) for d in deps]
+        self.jobs.append(
             Job(
-                name=name(key),
-                log=logs / f"{key}.log",
-                argv=[
-                    "train",
-                    str(out / "recipes" / f"seed{seed}" / f"{key}.yaml"),
-                    "--overwrite",
-                    "--no-progress",
-                ],
+                self.name(step),
+                self.logs / f"{step}.log",
+                argv=argv,
                 deps=deps,
-                done=run_dir / "final",
-                progress=_train_progress(run_dir, steps),
-                cost=cost * steps,
+                done=done,
+                progress=progress,
+                cost=cost,
             )
         )
 
     def call(
-        step: str, target: str, kwargs: dict[str, Any], deps: list[str], done: Path, cost: float
+        self,
+        step: str,
+        func: Callable,
+        kwargs: dict[str, Any],
+        deps: list[str],
+        done: Path,
+        cost: float,
     ) -> None:
-        add(
+        deps = [self.name(d) for d in deps]
+        self.jobs.append(
             Job(
-                name(step),
-                logs / f"{step}.log",
-                call=(target, kwargs),
+                self.name(step),
+                self.logs / f"{step}.log",
+                call=(func, kwargs),
                 deps=deps,
                 done=done,
                 cost=cost,
             )
         )
 
-    base = str(sd / "base" / "final")
-    labeller = str(labeller_dir(config, out, seed))
-    labeller_job = name("pretrain") if config.labeller == "base" else name("standard")
-    train("pretrain", [], 1.0)
-    add(
-        Job(
-            name=name("prune"),
-            log=logs / "prune.log",
-            argv=[
-                "prune",
-                "--model",
-                base,
-                "--output",
-                str(sd / "pruned"),
-                "--data",
-                str(data / "calib.jsonl"),
-                "--max-samples",
-                str(config.n_calib),
-                "--think-token",
-                "",
-                "--batch-size",
-                "32",
-                "--overwrite",
-                "--no-progress",
-            ],
-            deps=[name("pretrain")],
-            done=sd / "pruned" / "config.json",
-            cost=20.0,
-        )
-    )
-    train("standard", [name("pretrain")], 1.0)
-    train("alwaysthink", [name("prune")], 1.8)
-    train("alwaysthink_plus", [name("pretrain")], 2.2)
-    for split in ("train", "validation", "test"):
-        add(
-            Job(
-                name=name(f"label_{split}"),
-                log=logs / f"label_{split}.log",
-                argv=[
-                    "label",
-                    "--data",
-                    str(data / f"{split}.jsonl"),
-                    "--model",
-                    labeller,
-                    "--output",
-                    str(sd / "labels" / split),
-                    "--think-token",
-                    "",
-                    "--batch-size",
-                    "64",
-                    "--overwrite",
-                    "--no-progress",
-                ],
-                deps=[labeller_job],
-                done=_LabelsDone(sd / "labels" / split),  # type: ignore[arg-type]
-                cost=50.0,
-            )
-        )
-    call(
-        "rows",
-        "tah.repro.tiny.study:write_labelled_rows",
-        {
-            "labels_dir": str(sd / "labels" / "train"),
-            "plain_rows": str(data / "ft_rows.jsonl"),
-            "output": str(sd / "rows" / "train.jsonl"),
-        },
-        [name("label_train")],
-        sd / "rows" / "train.jsonl",
-        5.0,
-    )
-    train("tah_stage1", [name("prune"), name("rows")], 1.2)
-    train("tahplus_stage1", [name("rows")], 1.5)
-    train("tah_stage2", [name("tah_stage1")], 0.5)
-    train("tahplus_stage2", [name("tahplus_stage1")], 0.5)
-    for variant in config.decider_variants:
-        train(f"decider_{variant}", [name("tahplus_stage1")], 0.5)
-    call(
-        "wide_base",
-        "tah.repro.widen:widen_to_match",
-        {
-            "base": base,
-            "reference": str(sd / "tahplus_stage2" / "final"),
-            "output": str(sd / "wide_base"),
-            "seed": seed,
-        },
-        [name("pretrain"), name("tahplus_stage2")],
-        sd / "wide_base" / "widen.json",
-        5.0,
-    )
-    train("standard_wide", [name("wide_base")], 1.3)
-
-    eval_args = [
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        str(config.max_new_tokens),
-        "--batch-size",
-        str(config.eval_batch_size),
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--overwrite",
-        "--no-progress",
-    ]
-    test_args = ["--datasets", str(data / "test.jsonl"), *eval_args]
-    val_args = ["--datasets", str(data / "validation.jsonl"), *eval_args]
+    def train(self, key: str, deps: list[str], cost: float) -> None:
+        recipe = self.recipes[key]
+        run_dir = Path(recipe["output"]["dir"])
+        steps = int(recipe["train"]["max_steps"])
+        path = self.out / "recipes" / f"seed{self.seed}" / f"{key}.yaml"
+        argv = ["train", str(path), "--overwrite", "--no-progress"]
+        progress = _train_progress(run_dir, steps)
+        self.command_job(key, argv, deps, run_dir / "final", cost * steps, progress)
 
     def evaluate(
-        key: str, model: str, label: str, deps: list[str], extra: list[str], cost: float = 30.0
+        self, key: str, model: str, label: str, deps: list[str], extra: list[str], cost=30.0
     ) -> None:
-        run_dir = sd / "eval" / key
-        add(
-            Job(
-                name=name(f"eval_{key}"),
-                log=logs / f"eval_{key}.log",
-                argv=[
-                    "eval",
-                    "--model",
-                    model,
-                    "--output",
-                    str(run_dir),
-                    "--name",
-                    label,
-                    *extra,
-                    *test_args,
-                ],
-                deps=deps,
-                done=run_dir / "summary.json",
-                progress=_eval_progress(run_dir, config.n_test),
-                cost=cost,
-            )
+        run_dir = self.sd / "eval" / key
+        argv = ["eval", "--model", model, "--output", str(run_dir), "--name", label, *extra]
+        progress = _eval_progress(run_dir, self.config.n_test)
+        self.command_job(
+            f"eval_{key}", [*argv, *self.test_args], deps, run_dir / "summary.json", cost, progress
         )
 
-    evaluate("base", base, "Base", [name("pretrain")], [])
-    for method in METHODS:
-        evaluate(
-            method.key,
-            str(model_dir(out, seed, method)),
-            method.label,
-            [name(method.final_job)],
-            [],
-        )
-    # the same TaH weights under other routing: oracle (the labeller's greedy token vs the
-    # model's depth-1 token decides, METHOD A.10.4) and depth 1 alone
-    for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
-        final = str(sd / f"{key}_stage2" / "final")
-        evaluate(
-            f"{key}_oracle",
-            final,
-            f"{label} oracle",
-            [name(f"{key}_stage2"), labeller_job],
-            ["--backend", "oracle", "--reference", labeller],
-            cost=90.0,
-        )
-        evaluate(
-            f"{key}_depth1",
-            final,
-            f"{label} depth 1",
-            [name(f"{key}_stage2")],
-            ["--decider", "never"],
-        )
+    def sweep(self, step: str, model: str, sweep_dir: Path, label: str, split_args, dep) -> None:
+        argv = ["sweep", "--model", model, "--thresholds", self.taus]
+        argv += ["--output", str(sweep_dir), "--name", label, *split_args]
+        cost = 30.0 * len(self.config.sweep_thresholds)
+        self.command_job(step, argv, [dep], sweep_dir / "sweep.json", cost)
 
-    taus = ",".join(f"{t:g}" for t in config.sweep_thresholds)
-    # test sweeps: reported beside the table, never selected from
-    for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
-        sweep_dir = sd / "sweep" / key
-        add(
-            Job(
-                name=name(f"sweep_{key}"),
-                log=logs / f"sweep_{key}.log",
-                argv=[
-                    "sweep",
-                    "--model",
-                    str(sd / f"{key}_stage2" / "final"),
-                    "--thresholds",
-                    taus,
-                    "--output",
-                    str(sweep_dir),
-                    "--name",
-                    label,
-                    *test_args,
-                ],
-                deps=[name(f"{key}_stage2")],
-                done=sweep_dir / "sweep.json",
-                cost=30.0 * len(config.sweep_thresholds),
+    # ---------------------------------------------------------------- the phases
+    def models(self) -> None:
+        """Pretraining, pruning, labelling and every training of the table's rows."""
+        sd, config = self.sd, self.config
+        self.train("pretrain", [], 1.0)
+        prune = ["prune", "--model", self.base, "--output", str(sd / "pruned")]
+        prune += ["--data", str(self.data / "calib.jsonl"), "--max-samples", str(config.n_calib)]
+        prune += ["--think-token", "", "--batch-size", "32", "--overwrite", "--no-progress"]
+        self.command_job("prune", prune, ["pretrain"], sd / "pruned" / "config.json", 20.0)
+        self.train("standard", ["pretrain"], 1.0)
+        self.train("alwaysthink", ["prune"], 1.8)
+        self.train("alwaysthink_plus", ["pretrain"], 2.2)
+        for split in ("train", "validation", "test"):
+            labels = sd / "labels" / split
+            argv = ["label", "--data", str(self.data / f"{split}.jsonl"), "--model", self.labeller]
+            argv += ["--output", str(labels), "--think-token", "", "--batch-size", "64"]
+            argv += ["--overwrite", "--no-progress"]
+            self.jobs.append(
+                Job(
+                    self.name(f"label_{split}"),
+                    self.logs / f"label_{split}.log",
+                    argv=argv,
+                    deps=[self.labeller_job],
+                    done=_LabelsDone(labels),
+                    cost=50.0,
+                )
             )
-        )
-    # the decider study, on the validation split only
-    deciders = {DEFAULT_VARIANT: ("tahplus_stage2", str(sd / "tahplus_stage2" / "final"))}
-    for variant in config.decider_variants:
-        deciders[variant] = (f"decider_{variant}", str(sd / f"decider_{variant}" / "final"))
-    sweep_files = {}
-    for variant, (job, model) in deciders.items():
-        sweep_dir = sd / "validation" / "sweep" / variant
-        sweep_files[variant] = str(sweep_dir / "sweep.json")
-        add(
-            Job(
-                name=name(f"valsweep_{variant}"),
-                log=logs / f"valsweep_{variant}.log",
-                argv=[
-                    "sweep",
-                    "--model",
-                    model,
-                    "--thresholds",
-                    taus,
-                    "--output",
-                    str(sweep_dir),
-                    "--name",
-                    f"TaH+ {variant}",
-                    *val_args,
-                ],
-                deps=[name(job)],
-                done=sweep_dir / "sweep.json",
-                cost=30.0 * len(config.sweep_thresholds),
-            )
-        )
-        call(
-            f"decider_val_{variant}",
-            "tah.repro.tiny.decider_study:scores_to_json",
-            {
-                "model_path": model,
-                "labels_dir": str(sd / "labels" / "validation"),
-                "output": str(sd / "validation" / "decider" / f"{variant}.json"),
-                "limit": config.token_acc_limit,
-            },
-            [name(job), name("label_validation")],
-            sd / "validation" / "decider" / f"{variant}.json",
-            10.0,
-        )
-    call(
-        "eval_tahplus_val",
-        "tah.repro.tiny.decider_study:evaluate_selected",
-        {
+        rows = {
+            "labels_dir": str(sd / "labels" / "train"),
+            "plain_rows": str(self.data / "ft_rows.jsonl"),
+            "output": str(sd / "rows" / "train.jsonl"),
+        }
+        self.call("rows", write_labelled_rows, rows, ["label_train"], Path(rows["output"]), 5.0)
+        self.train("tah_stage1", ["prune", "rows"], 1.2)
+        self.train("tahplus_stage1", ["rows"], 1.5)
+        self.train("tah_stage2", ["tah_stage1"], 0.5)
+        self.train("tahplus_stage2", ["tahplus_stage1"], 0.5)
+        for variant in config.decider_variants:
+            self.train(f"decider_{variant}", ["tahplus_stage1"], 0.5)
+        wide = {
+            "base": self.base,
+            "reference": str(sd / "tahplus_stage2" / "final"),
+            "output": str(sd / "wide_base"),
+            "seed": self.seed,
+        }
+        deps = ["pretrain", "tahplus_stage2"]
+        self.call("wide_base", widen_to_match, wide, deps, sd / "wide_base" / "widen.json", 5.0)
+        self.train("standard_wide", ["wide_base"], 1.3)
+
+    def evaluations(self) -> None:
+        """Every row on the test problems, the routing rows and the reported τ sweeps."""
+        sd, out, seed = self.sd, self.out, self.seed
+        self.evaluate("base", self.base, "Base", ["pretrain"], [])
+        for method in METHODS:
+            model = str(model_dir(out, seed, method))
+            self.evaluate(method.key, model, method.label, [method.final_job], [])
+        # the same TaH weights under other routing: oracle (the labeller's greedy token vs the
+        # model's depth-1 token decides, docs/method.md "Labelling") and depth 1 alone
+        labeller_step = self.labeller_job.split("/", 1)[1]
+        for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
+            final, stage2 = str(sd / f"{key}_stage2" / "final"), f"{key}_stage2"
+            oracle = ["--backend", "oracle", "--reference", self.labeller]
+            deps = [stage2, labeller_step]
+            self.evaluate(f"{key}_oracle", final, f"{label} oracle", deps, oracle, cost=90.0)
+            never = ["--decider", "never"]
+            self.evaluate(f"{key}_depth1", final, f"{label} depth 1", [stage2], never)
+        # test sweeps: reported beside the table, never selected from
+        for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
+            model = str(sd / f"{key}_stage2" / "final")
+            sweep_dir = sd / "sweep" / key
+            self.sweep(f"sweep_{key}", model, sweep_dir, label, self.test_args, f"{key}_stage2")
+
+    def decider_study(self) -> None:
+        """Validation sweeps of every decider, the validation-selected row, decider scores."""
+        sd, config = self.sd, self.config
+        deciders = {DEFAULT_VARIANT: ("tahplus_stage2", str(sd / "tahplus_stage2" / "final"))}
+        for variant in config.decider_variants:
+            deciders[variant] = (f"decider_{variant}", str(sd / f"decider_{variant}" / "final"))
+        sweep_files = {}
+        for variant, (job, model) in deciders.items():
+            sweep_dir = sd / "validation" / "sweep" / variant
+            sweep_files[variant] = str(sweep_dir / "sweep.json")
+            label = f"TaH+ {variant}"
+            self.sweep(f"valsweep_{variant}", model, sweep_dir, label, self.val_args, job)
+            output = sd / "validation" / "decider" / f"{variant}.json"
+            scores = self._scores(model, "validation", output)
+            deps = [job, "label_validation"]
+            self.call(f"decider_val_{variant}", scores_to_json, scores, deps, output, 10.0)
+        selected = {
             "models": {v: m for v, (_, m) in deciders.items()},
             "sweep_files": sweep_files,
             "output": str(sd / "eval" / "tahplus_val"),
-            "eval_args": ["--name", "TaH+ (validation-selected)", *test_args],
-        },
-        [name(f"valsweep_{v}") for v in deciders],
-        sd / "eval" / "tahplus_val" / "selection.json",
-        30.0,
-    )
-    # the decider of the reported TaH models on the test labels (read out, not tuned)
-    for key in ("tah", "tahplus"):
-        call(
-            f"decider_test_{key}",
-            "tah.repro.tiny.decider_study:scores_to_json",
-            {
-                "model_path": str(sd / f"{key}_stage2" / "final"),
-                "labels_dir": str(sd / "labels" / "test"),
-                "output": str(sd / "decider" / f"{key}.json"),
-                "limit": config.token_acc_limit,
-            },
-            [name(f"{key}_stage2"), name("label_test")],
-            sd / "decider" / f"{key}.json",
-            10.0,
-        )
-    # teacher-forced next-token accuracy on hard / easy tokens of the labelled test split
-    token_runs: dict[str, tuple[str, str, dict[str, Any]]] = {
-        m.key: (m.final_job, str(model_dir(out, seed, m)), {}) for m in METHODS
-    }
-    for key in ("tah", "tahplus"):
-        stage1 = f"{key}_stage1"
-        token_runs[f"{key}_oracle"] = (stage1, str(sd / stage1 / "final"), {"oracle": True})
-        token_runs[f"{key}_depth1"] = (stage1, str(sd / stage1 / "final"), {"decider": "never"})
-    for key, (job, model, options) in token_runs.items():
-        call(
-            f"tokens_{key}",
-            "tah.repro.tiny.token_accuracy:score_to_json",
-            {
-                "model_path": model,
-                "labels_dir": str(sd / "labels" / "test"),
-                "output": str(sd / "tokens" / f"{key}.json"),
-                "limit": config.token_acc_limit,
-                **options,
-            },
-            [name(job), name("label_test")],
-            sd / "tokens" / f"{key}.json",
-            10.0,
-        )
-    return seed_jobs
+            "eval_args": ["--name", "TaH+ (validation-selected)", *self.test_args],
+            "command": self.command,
+        }
+        done = sd / "eval" / "tahplus_val" / "selection.json"
+        deps = [f"valsweep_{v}" for v in deciders]
+        self.call("eval_tahplus_val", evaluate_selected, selected, deps, done, 30.0)
+        # the decider of the reported TaH models on the test labels (read out, not tuned)
+        for key in ("tah", "tahplus"):
+            output = sd / "decider" / f"{key}.json"
+            scores = self._scores(str(sd / f"{key}_stage2" / "final"), "test", output)
+            deps = [f"{key}_stage2", "label_test"]
+            self.call(f"decider_test_{key}", scores_to_json, scores, deps, output, 10.0)
+
+    def _scores(self, model: str, split: str, output: Path) -> dict[str, Any]:
+        return {
+            "model_path": model,
+            "labels_dir": str(self.sd / "labels" / split),
+            "output": str(output),
+            "limit": self.config.token_acc_limit,
+        }
+
+    def token_accuracy(self) -> None:
+        """Teacher-forced next-token accuracy on hard / easy tokens of the labelled test split."""
+        sd, out, seed = self.sd, self.out, self.seed
+        token_runs: dict[str, tuple[str, str, dict[str, Any]]] = {
+            m.key: (m.final_job, str(model_dir(out, seed, m)), {}) for m in METHODS
+        }
+        for key in ("tah", "tahplus"):
+            stage1 = f"{key}_stage1"
+            model = str(sd / stage1 / "final")
+            token_runs[f"{key}_oracle"] = (stage1, model, {"oracle": True})
+            token_runs[f"{key}_depth1"] = (stage1, model, {"decider": "never"})
+        for key, (job, model, options) in token_runs.items():
+            output = sd / "tokens" / f"{key}.json"
+            kwargs = {**self._scores(model, "test", output), **options}
+            self.call(f"tokens_{key}", score_to_json, kwargs, [job, "label_test"], output, 10.0)

@@ -92,6 +92,7 @@ def _progress_reader(path: Path):
 def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
     """The jobs of one phase; dependencies only within the phase (phases run in order)."""
     from tah.repro.jobs import Job
+    from tah.repro.twohop.jobs import run_job
 
     # Ready jobs start largest cost first.
     cost = {
@@ -112,7 +113,7 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
                     name=f"seed{seed}/{name}",
                     log=where / "log.txt",
                     call=(
-                        "tah.repro.twohop.jobs:run_job",
+                        run_job,
                         {"config": config.to_dict(), "out": str(out), "seed": seed, "name": name},
                     ),
                     deps=deps,
@@ -247,36 +248,16 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
 def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> None:
     """Jobs on ``config.workers`` worker processes; with one worker, in this process (no
     start-up cost of a fresh interpreter: what keeps ``--quick`` fast)."""
-    from tah.repro.jobs import JobResult, run_jobs
+    from tah.repro.jobs import run_jobs
 
-    if config.workers > 1:
-        run_jobs(
-            jobs,
-            workers=config.workers,
-            threads=config.threads,
-            show_progress=show_progress,
-            on_finish=finished,
-        )
-        return
-    import importlib
-
-    import torch
-    from rich.progress import Progress
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        with Progress(disable=not show_progress) as bar:
-            task = bar.add_task("twohop jobs", total=len(jobs))
-            for job in jobs:
-                if job.done is None or not job.done.exists():
-                    module, _, func = job.call[0].partition(":")
-                    start = time.perf_counter()
-                    getattr(importlib.import_module(module), func)(**job.call[1])
-                    finished(JobResult(job.name, False, time.perf_counter() - start, 0.0))
-                bar.advance(task)
-    finally:
-        torch.set_num_threads(threads)
+    run_jobs(
+        jobs,
+        workers=config.workers,
+        threads=config.threads,
+        show_progress=show_progress,
+        on_finish=finished,
+        in_process=config.workers <= 1,
+    )
 
 
 def _now() -> str:
