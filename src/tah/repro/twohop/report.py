@@ -84,9 +84,10 @@ def _decider_text(cfg: dict[str, Any]) -> str:
     )
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _gate_section(results: dict[str, Any]) -> list[str]:
+    """The header, how the gate's models are made, its rules and its per-seed table."""
     cfg, gate = results["config"], results["gate"]
-    shallow, deep, names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
+    shallow, deep = cfg["shallow_layers"], cfg["deep_layers"]
     written = bool(cfg.get("base_writes_intermediate"))
     lines = [
         "# `tah repro twohop` results",
@@ -150,6 +151,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_num(a.get('standard2x'))} | {_num(a.get('wide'))} | {_num(a.get('deep'))} | {_num(o.get('base'))} / "
             f"{_num(o.get('deep'))} | {ok} |"
         )
+    return lines
+
+
+def _gate_runs_section(results: dict[str, Any]) -> list[str]:
+    """Every Standard-only run by query kind, with its wall time and base rounds."""
+    written = bool(results["config"].get("base_writes_intermediate"))
+    lines: list[str] = []
     lines += [
         "",
         "Standard-only runs by query kind (f and g: one lookup; gf: two), with the job's wall "
@@ -170,6 +178,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{run.get('wall_s', float('nan')):.0f} | {rounds or '–'} |"
                 + (f" {_pct(run.get('written_second_step'))} |" if written else "")
             )
+    return lines
+
+
+def _verdict_section(results: dict[str, Any]) -> list[str]:
+    """The gate's verdict, what follows from it, and the readout registered in advance."""
+    gate = results["gate"]
+    lines: list[str] = []
     lines += [
         "",
         f"**Gate {'passed' if gate['passed'] else 'FAILED'}** "
@@ -199,99 +214,116 @@ def markdown(results: dict[str, Any]) -> str:
             f"{readout['tests']}.",
             "",
         ]
-    agg = results.get("aggregate") or {}
-    if agg:
+    return lines
+
+
+def _arms_section(results: dict[str, Any], agg: dict[str, Any]) -> list[str]:
+    """The arms' accuracies over seeds, the paired tests, and the split by the base's outcome."""
+    cfg = results["config"]
+    shallow, names = cfg["shallow_layers"], labels(cfg)
+    lines: list[str] = []
+    lines += [
+        f"## Fine-tuning from the {shallow}-layer base "
+        f"({cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}, identical rows)",
+        "",
+        "| model | two-hop | one-hop | all queries | tokens at depth 2 (%) "
+        "| answers at depth 2 (%) | two-hop answered F(x) (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm in (*ARMS, "oracle", "depth1"):
+        if arm in agg:
+            s = agg[arm]
+            lines.append(
+                f"| {names[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
+                f"{_pm(s.get('all_queries'))} | {_pm(s['share_tokens_iterating'])} | "
+                f"{_pm(s['share_answers_iterating'])} | "
+                f"{_pm(s.get('two_hop_predicted_intermediate'))} |"
+            )
+    lines += [
+        "",
+        "The last column is how often a two-hop answer is the intermediate F(x); on TaH+'s "
+        "depth 1 alone it shows whether the first pass hands the second pass the token its "
+        "second lookup needs.",
+        "",
+        "Paired exact McNemar on two-hop test queries (first right only / second right only, p):",
+        "",
+        "| seed | " + " | ".join(f"{a} vs {b}" for a, b in COMPARISONS) + " |",
+        "|---|" + "---|" * len(COMPARISONS),
+    ]
+    for seed, row in sorted(results["per_seed"].items()):
+        cells = []
+        for a, b in COMPARISONS:
+            t = row["mcnemar_two_hop"].get(f"{a}_vs_{b}")
+            cells.append(
+                "–" if t is None else f"{t['only_first']} / {t['only_second']}, {_p_text(t['p'])}"
+            )
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    split_rows = [
+        (seed, split, row["two_hop_by_base_outcome"][split])
+        for seed, row in sorted(results["per_seed"].items())
+        if "two_hop_by_base_outcome" in row
+        for split in ("base_wrong", "base_right")
+    ]
+    if split_rows:
         lines += [
-            f"## Fine-tuning from the {shallow}-layer base "
-            f"({cfg['finetune_steps']} steps, lr {cfg['finetune_lr']}, identical rows)",
             "",
-            "| model | two-hop | one-hop | all queries | tokens at depth 2 (%) "
-            "| answers at depth 2 (%) | two-hop answered F(x) (%) |",
+            "Two-hop accuracy split by the base's own outcome on the query (oracle routing "
+            "iterates exactly the base's wrong answers, so on base-wrong queries it shows "
+            "what the second pass does, and on base-right ones what depth 1 keeps):",
+            "",
+            "| seed | queries | n | TaH+ oracle | TaH+ learned | TaH+ depth 1 | Standard |",
             "|---|---|---|---|---|---|---|",
         ]
-        for arm in (*ARMS, "oracle", "depth1"):
-            if arm in agg:
-                s = agg[arm]
+        for seed, split, m in split_rows:
+            lines.append(
+                f"| {seed} | {split.replace('_', ' ')} | {m['queries']} | "
+                f"{_pct(m.get('oracle'))} | {_pct(m.get('learned'))} | "
+                f"{_pct(m.get('depth1'))} | {_pct(m.get('standard'))} |"
+            )
+    return lines
+
+
+def _decider_section(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "",
+        "## Decider (held-out labels: the base's errors)",
+        "",
+        "| seed | split | positions | precision | recall | AUC | hard share | predicted share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, row in sorted(results["per_seed"].items()):
+        for split, by_where in (row.get("decider") or {}).items():
+            for where, m in by_where.items():
+                auc = "–" if m["auc"] is None else f"{m['auc']:.3f}"
                 lines.append(
-                    f"| {names[arm]} | {_pm(s['two_hop'])} | {_pm(s['one_hop'])} | "
-                    f"{_pm(s.get('all_queries'))} | {_pm(s['share_tokens_iterating'])} | "
-                    f"{_pm(s['share_answers_iterating'])} | "
-                    f"{_pm(s.get('two_hop_predicted_intermediate'))} |"
+                    f"| {seed} | {split} | {where} | {_pct(m['precision'])} | "
+                    f"{_pct(m['recall'])} | {auc} | {_pct(m['hard_share'])} | "
+                    f"{_pct(m['predicted_share'])} |"
                 )
-        lines += [
-            "",
-            "The last column is how often a two-hop answer is the intermediate F(x); on TaH+'s "
-            "depth 1 alone it shows whether the first pass hands the second pass the token its "
-            "second lookup needs.",
-            "",
-            "Paired exact McNemar on two-hop test queries (first right only / "
-            "second right only, p):",
-            "",
-            "| seed | " + " | ".join(f"{a} vs {b}" for a, b in COMPARISONS) + " |",
-            "|---|" + "---|" * len(COMPARISONS),
-        ]
-        for seed, row in sorted(results["per_seed"].items()):
-            cells = []
-            for a, b in COMPARISONS:
-                t = row["mcnemar_two_hop"].get(f"{a}_vs_{b}")
-                cells.append(
-                    "–"
-                    if t is None
-                    else f"{t['only_first']} / {t['only_second']}, {_p_text(t['p'])}"
-                )
-            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-        split_rows = [
-            (seed, split, row["two_hop_by_base_outcome"][split])
-            for seed, row in sorted(results["per_seed"].items())
-            if "two_hop_by_base_outcome" in row
-            for split in ("base_wrong", "base_right")
-        ]
-        if split_rows:
-            lines += [
-                "",
-                "Two-hop accuracy split by the base's own outcome on the query (oracle routing "
-                "iterates exactly the base's wrong answers, so on base-wrong queries it shows "
-                "what the second pass does, and on base-right ones what depth 1 keeps):",
-                "",
-                "| seed | queries | n | TaH+ oracle | TaH+ learned | TaH+ depth 1 | Standard |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for seed, split, m in split_rows:
-                lines.append(
-                    f"| {seed} | {split.replace('_', ' ')} | {m['queries']} | "
-                    f"{_pct(m.get('oracle'))} | {_pct(m.get('learned'))} | "
-                    f"{_pct(m.get('depth1'))} | {_pct(m.get('standard'))} |"
-                )
-        lines += [
-            "",
-            "## Decider (held-out labels: the base's errors)",
-            "",
-            "| seed | split | positions | precision | recall | AUC | hard share | "
-            "predicted share |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for seed, row in sorted(results["per_seed"].items()):
-            for split, by_where in (row.get("decider") or {}).items():
-                for where, m in by_where.items():
-                    auc = "–" if m["auc"] is None else f"{m['auc']:.3f}"
-                    lines.append(
-                        f"| {seed} | {split} | {where} | {_pct(m['precision'])} | "
-                        f"{_pct(m['recall'])} | {auc} | {_pct(m['hard_share'])} | "
-                        f"{_pct(m['predicted_share'])} |"
-                    )
-        lines += [
-            "",
-            "## τ sweep (reported, never selected from)",
-            "",
-            "| seed | τ | two-hop | one-hop | tokens at depth 2 (%) |",
-            "|---|---|---|---|---|",
-        ]
-        for seed, row in sorted(results["per_seed"].items()):
-            for tau, s in (row.get("tau_sweep") or {}).items():
-                lines.append(
-                    f"| {seed} | {tau} | {_pct(s['accuracy']['gf'])} | "
-                    f"{_pct(s['accuracy']['one_hop'])} | {_pct(s['share_tokens_iterating'])} |"
-                )
+    return lines
+
+
+def _sweep_section(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "",
+        "## τ sweep (reported, never selected from)",
+        "",
+        "| seed | τ | two-hop | one-hop | tokens at depth 2 (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for seed, row in sorted(results["per_seed"].items()):
+        for tau, s in (row.get("tau_sweep") or {}).items():
+            lines.append(
+                f"| {seed} | {tau} | {_pct(s['accuracy']['gf'])} | "
+                f"{_pct(s['accuracy']['one_hop'])} | {_pct(s['share_tokens_iterating'])} |"
+            )
+    return lines
+
+
+def _footer(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if not results.get("complete") and not results.get("stopped"):
         lines += [
             "",
@@ -305,15 +337,20 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Job wall time summed over workers: {total / 60:.1f} min ({len(timings)} jobs timed).",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = _gate_section(results) + _gate_runs_section(results) + _verdict_section(results)
+    agg = results.get("aggregate") or {}
+    if agg:
+        lines += _arms_section(results, agg) + _decider_section(results) + _sweep_section(results)
+    return "\n".join(lines + _footer(results)) + "\n"
 
 
 # ------------------------------------------------------------------ plots
-def plot(results: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    cfg = results["config"]
-    shallow, deep, arm_names = cfg["shallow_layers"], cfg["deep_layers"], labels(cfg)
-    fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
+def _plot_curves(ax_curve: Any, results: dict[str, Any]) -> None:
+    """Validation learning curves of the gate's runs."""
     styles = {"shallow": "C0", "base": "C0", "deep": "C2"}
     for seed, runs in sorted(results.get("gate_runs", {}).items()):
         for name, run in runs.items():
@@ -338,6 +375,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_curve.set_ylabel("validation accuracy (%)")
     ax_curve.set_title("Gate runs: learning curves")
     ax_curve.legend(fontsize=7)
+
+
+def _plot_gate(ax_gate: Any, results: dict[str, Any]) -> None:
+    """Two-hop accuracy of the Standard-only models, one dot per seed."""
+    cfg = results["config"]
+    shallow, deep = cfg["shallow_layers"], cfg["deep_layers"]
     gate = results["gate"]["per_seed"]
     names = ("base", "standard", "standard2x", "wide", "deep")
     for i, name in enumerate(names):
@@ -362,7 +405,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_gate.set_ylabel("two-hop accuracy (%)")
     ax_gate.set_title("Gate: Standard models only")
     ax_gate.legend(loc="upper left", fontsize=8)
+    ax_gate.set_ylim(0, 100)
 
+
+def _plot_share(ax_share: Any, results: dict[str, Any]) -> None:
+    """Accuracy against the share of tokens at depth 2: TaH+'s τ sweep and the other arms."""
+    arm_names = labels(results["config"])
     for seed, row in sorted(results.get("per_seed", {}).items()):
         sweep = row.get("tau_sweep") or {}
         pts = sorted(
@@ -410,7 +458,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
             va="center",
             transform=ax_share.transAxes,
         )
-    ax_gate.set_ylim(0, 100)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    fig, (ax_curve, ax_gate, ax_share) = plt.subplots(1, 3, figsize=(16, 4.2))
+    _plot_curves(ax_curve, results)
+    _plot_gate(ax_gate, results)
+    _plot_share(ax_share, results)
     save_figure(fig, path)
 
 
