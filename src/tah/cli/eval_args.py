@@ -11,6 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tah.cli.common_args import (
+    add_iter_budget_argument,
+    add_load_arguments,
+    add_run_arguments,
+    add_sampling_arguments,
+)
 from tah.errors import ConfigError
 
 BACKEND_CHOICES = (
@@ -49,12 +55,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, default=1, help="samples per problem")
     g.add_argument("--limit", type=int, default=None, help="first K problems of each dataset")
     g.add_argument("--threshold", type=float, default=None, help="override the decider threshold τ")
-    g.add_argument(
-        "--iter-budget",
-        type=float,
-        default=None,
-        help="target share of generated tokens that iterate (e.g. 0.05); steers τ per sample",
-    )
+    add_iter_budget_argument(g)
     g.add_argument(
         "--decider",
         choices=("mlp", "always", "never", "label"),
@@ -84,25 +85,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="enable_thinking for templates that support it (default: template default)",
     )
-    g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 = off")
-    g.add_argument("--top-k", type=int, default=20, help="top-k sampling; 0 = off")
-    g.add_argument("--min-p", type=float, default=0.0, help="min-p sampling; 0 = off")
+    add_sampling_arguments(g, seed=42)
     g.add_argument(
         "--max-new-tokens",
         type=int,
         default=4096,
         help="token budget per answer (less where the prompt leaves less of the context)",
     )
-    g.add_argument("--seed", type=int, default=42, help="base seed; each sample derives its own")
 
     g = parser.add_argument_group("execution")
     g.add_argument("--jobs", type=int, default=1, help="worker processes")
     g.add_argument("--devices", default=None, help="comma list, one per worker (cuda:0,cuda:1)")
-    g.add_argument("--device", default="auto", help="device for --jobs 1 (auto, cpu, cuda:0 ...)")
-    g.add_argument(
-        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16"
-    )
+    add_load_arguments(g, device_help="device for --jobs 1 (auto, cpu, cuda:0 ...)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     g.add_argument(
         "--grade-timeout", type=float, default=10.0, help="seconds per sample for grading"
@@ -125,10 +119,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--trust-remote-code", action="store_true", help="let transformers run the model's own code"
     )
-    g.add_argument("--output", default=None, help="run folder (default: eval_runs/<name>)")
     g.add_argument("--name", default=None, help="method name shown in reports")
-    g.add_argument("--overwrite", action="store_true", help="discard an existing run in --output")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_run_arguments(
+        g,
+        "discard an existing run in --output",
+        default=None,
+        help="run folder (default: eval_runs/<name>)",
+    )
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, str]:

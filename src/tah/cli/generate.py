@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tah.cli.common_args import add_iter_budget_argument, add_sampling_arguments
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -40,18 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy")
-    parser.add_argument("--temperature", type=float, default=0.6, help="with --do-sample")
-    parser.add_argument("--top-k", type=int, default=20, help="with --do-sample; 0 = off")
-    parser.add_argument("--top-p", type=float, default=0.95, help="with --do-sample; 1 = off")
-    parser.add_argument("--min-p", type=float, default=0.0, help="with --do-sample; 0 = off")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for --do-sample")
-    parser.add_argument(
-        "--iter-budget",
-        type=float,
-        default=None,
-        help="target share of generated tokens that iterate (e.g. 0.05): steers τ so the "
-        "realised share tracks it; --threshold is then the starting τ",
-    )
+    add_sampling_arguments(parser, seed=0, when="with --do-sample")
+    add_iter_budget_argument(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

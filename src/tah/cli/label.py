@@ -9,42 +9,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tah.cli.common_args import add_load_arguments, add_records_arguments, add_run_arguments
 from tah.errors import ConfigError, DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, help="records: JSONL file, datasets dir or hub id")
-    data.add_argument("--split", default="train", help="split of a DatasetDict / hub dataset")
     data.add_argument("--question-field", help="record field holding the question")
     data.add_argument("--solution-field", help="record field holding the solution")
     data.add_argument("--limit", type=int, help="label only the first N records")
-    data.add_argument(
-        "--skip-bad-records",
-        action="store_true",
-        help="skip (and count) malformed records instead of stopping at the first one",
-    )
     model = parser.add_argument_group("reference model")
     model.add_argument(
         "--model", required=True, help="reference model: HF directory, hub id or .gguf file"
     )
-    model.add_argument("--tokenizer", help="tokenizer (default: the model's)")
-    model.add_argument(
-        "--chat-template", help="Jinja chat template file overriding the tokenizer's"
-    )
-    model.add_argument(
-        "--think-token",
-        default="<think>",
-        help="supervision starts at this token when the assistant turn has it ('' to disable)",
-    )
-    model.add_argument(
-        "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"
-    )
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_records_arguments(model)
+    add_load_arguments(model)
     run_opts = parser.add_argument_group("run")
-    run_opts.add_argument(
-        "--output", required=True, help="output directory (shards + tah_labels.json)"
-    )
     run_opts.add_argument(
         "--max-length",
         type=int,
@@ -59,11 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_opts.add_argument("--max-batch-tokens", type=int, help="cap on batch size x longest sample")
     run_opts.add_argument("--shard-size", type=int, default=512, help="samples per output shard")
     run_opts.add_argument("--entropy", action="store_true", help="also store per-token entropy")
-    run_opts.add_argument(
-        "--overwrite", action="store_true", help="replace labels from another run"
-    )
     run_opts.add_argument("--max-shards", type=int, help="stop after writing this many shards")
-    run_opts.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_run_arguments(
+        run_opts,
+        "replace labels from another run",
+        required=True,
+        help="output directory (shards + tah_labels.json)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tah.cli.common_args import add_load_arguments, add_records_arguments, add_run_arguments
 from tah.errors import ConfigError, DataError
 
 
@@ -30,17 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="assistant",
         help="tokens scored: the assistant span (default) or every token",
     )
-    parser.add_argument("--tokenizer", help="tokenizer (default: the model's)")
-    parser.add_argument("--chat-template", help="Jinja chat template file for records")
-    parser.add_argument("--think-token", default="<think>", help="assistant span start token")
-    parser.add_argument("--split", default="train", help="split of a DatasetDict / hub dataset")
-    parser.add_argument("--skip-bad-records", action="store_true", help="skip malformed records")
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (fp32 CPU, bf16 GPU), float32, bfloat16"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_records_arguments(parser)
+    add_load_arguments(parser)
+    add_run_arguments(parser, "replace an existing --output")
 
 
 def run(args: argparse.Namespace) -> int:
