@@ -342,59 +342,12 @@ def label_records(
     settings.validate()
     check_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], model_name or "model")
     out = Path(output_dir)
-    # Without max_length, the model's own context bounds a sample: a longer one cannot be
-    # labelled correctly and would allocate activations for its full length.
-    max_length = settings.max_length or model_context(model)
-    if settings.max_length is None and max_length is not None:
-        log.info("max_length: the model's context of %d tokens", max_length)
-    samples, lengths = apply_length_policy(
-        encode_records(tokenizer, records, think_token=settings.think_token),
-        max_length,
-        settings.truncate,
-    )
-    if lengths.dropped_too_long:
-        log.warning(
-            "%d samples longer than max_length=%s tokens skipped (pass --truncate to keep "
-            "their first %s tokens)",
-            lengths.dropped_too_long,
-            max_length,
-            max_length,
-        )
-    if not samples:
-        raise DataError(
-            f"no samples left to label out of {len(records)} records: {lengths.dropped_too_long} "
-            f"longer than max_length={max_length} (use --truncate), "
-            f"{lengths.dropped_no_span} without supervised tokens"
-        )
-    samples.sort(key=lambda s: (-len(s.input_ids), s.data_id))
+    samples, lengths = _samples_to_label(model, tokenizer, records, settings)
     shards = [
         samples[i : i + settings.shard_size] for i in range(0, len(samples), settings.shard_size)
     ]
-    fixed = {
-        k: v for k, v in asdict(settings).items() if k not in ("batch_size", "max_batch_tokens")
-    }
-    tok_fp, ident = tokenizer_fingerprint(tokenizer), _model_identity(model, model_name)
-    head = {
-        "format": LABELS_FORMAT,
-        "settings": fixed,
-        "tokenizer": tok_fp["vocab_sha256"],
-        "model": ident,
-    }
-    meta: dict[str, Any] = {
-        "format": LABELS_FORMAT,
-        "complete": False,
-        "source": source,
-        "tokenizer": tok_fp,
-        "reference_model": ident,
-        "settings": asdict(settings),
-        "plan": {
-            "fingerprint": _plan_fingerprint(head, samples),
-            "records": len(records),
-            "skipped_records": skipped_records,
-            "shards": len(shards),
-            **asdict(lengths),
-        },
-    }
+    plan = {"records": len(records), "skipped_records": skipped_records, "shards": len(shards)}
+    meta = _metadata(model, tokenizer, settings, samples, lengths, model_name, source, plan)
     prepare_output(out, meta, overwrite)
     report = LabelReport(
         output_dir=str(out),
@@ -421,7 +374,82 @@ def label_records(
             report.shards_written += 1
             if on_shard is not None:
                 on_shard(k)
-    done = [out / SHARDS_DIR / f"shard-{k:05d}" for k in range(len(shards))]
+    _sum_finished_shards(out, len(shards), report, meta)
+    return report
+
+
+def _samples_to_label(
+    model: Any, tokenizer: Any, records: Sequence[Record], settings: LabelSettings
+) -> tuple[list, Any]:
+    """Encoded samples under the length policy, longest first; an error when none is left."""
+    # Without max_length, the model's own context bounds a sample: a longer one cannot be
+    # labelled correctly and would allocate activations for its full length.
+    max_length = settings.max_length or model_context(model)
+    if settings.max_length is None and max_length is not None:
+        log.info("max_length: the model's context of %d tokens", max_length)
+    samples, lengths = apply_length_policy(
+        encode_records(tokenizer, records, think_token=settings.think_token),
+        max_length,
+        settings.truncate,
+    )
+    if lengths.dropped_too_long:
+        log.warning(
+            "%d samples longer than max_length=%s tokens skipped (pass --truncate to keep "
+            "their first %s tokens)",
+            lengths.dropped_too_long,
+            max_length,
+            max_length,
+        )
+    if not samples:
+        raise DataError(
+            f"no samples left to label out of {len(records)} records: {lengths.dropped_too_long} "
+            f"longer than max_length={max_length} (use --truncate), "
+            f"{lengths.dropped_no_span} without supervised tokens"
+        )
+    samples.sort(key=lambda s: (-len(s.input_ids), s.data_id))
+    return samples, lengths
+
+
+def _metadata(
+    model: Any,
+    tokenizer: Any,
+    settings: LabelSettings,
+    samples: list,
+    lengths: Any,
+    model_name: str | None,
+    source: str | None,
+    plan: dict[str, int],
+) -> dict[str, Any]:
+    """tah_labels.json before any shard: what a rerun must match to resume (the plan)."""
+    fixed = {
+        k: v for k, v in asdict(settings).items() if k not in ("batch_size", "max_batch_tokens")
+    }
+    tok_fp, ident = tokenizer_fingerprint(tokenizer), _model_identity(model, model_name)
+    head = {
+        "format": LABELS_FORMAT,
+        "settings": fixed,
+        "tokenizer": tok_fp["vocab_sha256"],
+        "model": ident,
+    }
+    meta: dict[str, Any] = {
+        "format": LABELS_FORMAT,
+        "complete": False,
+        "source": source,
+        "tokenizer": tok_fp,
+        "reference_model": ident,
+        "settings": asdict(settings),
+        "plan": {
+            "fingerprint": _plan_fingerprint(head, samples),
+            **plan,
+            **asdict(lengths),
+        },
+    }
+    return meta
+
+
+def _sum_finished_shards(out: Path, n_shards: int, report: LabelReport, meta: dict) -> None:
+    """Add up the finished shards' counts; with every shard there, mark the labels complete."""
+    done = [out / SHARDS_DIR / f"shard-{k:05d}" for k in range(n_shards)]
     report.complete = all(d.is_dir() for d in done)
     for d in (d for d in done if d.is_dir()):  # partial runs report what exists so far
         stats = json.loads((d / SHARD_STATS_FILE).read_text(encoding="utf-8"))
@@ -435,7 +463,6 @@ def label_records(
             "supervised_hard_ratio": report.supervised_hard_ratio,
         }
         write_json(out / METADATA_FILE, meta)
-    return report
 
 
 def report_table(report: LabelReport) -> Any:

@@ -182,110 +182,146 @@ def _record(chain: _Chain, holder: str, value: int, sentence: str | None, line: 
     chain.steps += 1
 
 
+def _gain_step(rng: random.Random, chain: _Chain, spec: Difficulty, kind: str, final: bool) -> bool:
+    """The holder gets b more."""
+    obj = chain.objects
+    holder = chain.current
+    x = chain.holdings[holder]
+    room = min(spec.max_number, spec.max_value - x)
+    if room < 2:
+        return False
+    b = rng.randint(2, room)
+    verb = rng.choice(_GAIN_VERBS)
+    _record(
+        chain,
+        holder,
+        x + b,
+        f"{holder} {verb} {b} more {obj}.",
+        f"{holder} has {x} + {b} = {x + b}.",
+    )
+    return True
+
+
+def _lose_step(rng: random.Random, chain: _Chain, spec: Difficulty, kind: str, final: bool) -> bool:
+    """The holder gives b away."""
+    obj = chain.objects
+    holder = chain.current
+    x = chain.holdings[holder]
+    if x < 4:
+        return False
+    b = rng.randint(2, min(spec.max_number, x - 2))
+    verb = rng.choice(_LOSE_VERBS)
+    _record(
+        chain,
+        holder,
+        x - b,
+        f"{holder} {verb} {b} {obj}.",
+        f"{holder} has {x} - {b} = {x - b}.",
+    )
+    return True
+
+
+def _split_step(
+    rng: random.Random, chain: _Chain, spec: Difficulty, kind: str, final: bool
+) -> bool:
+    """The holder keeps one of k equal parts."""
+    holder = chain.current
+    x = chain.holdings[holder]
+    divisors = [k for k in range(2, spec.max_factor + 1) if x % k == 0 and x // k >= 2]
+    if not divisors:
+        return False
+    k = rng.choice(divisors)
+    plural, _ = rng.choice(_CONTAINERS)
+    _record(
+        chain,
+        holder,
+        x // k,
+        f"{holder} splits them into {k} equal {plural} and keeps one.",
+        f"{holder} keeps {x} / {k} = {x // k}.",
+    )
+    return True
+
+
+def _compare_step(
+    rng: random.Random, chain: _Chain, spec: Difficulty, kind: str, final: bool
+) -> bool:
+    """A new person holds k times, b more or b fewer than the holder."""
+    holder = chain.current
+    x = chain.holdings[holder]
+    other = _new_name(rng, chain)
+    if other is None:
+        return False
+    if kind == "times":
+        factors = [k for k in range(2, spec.max_factor + 1) if x * k <= spec.max_value]
+        if not factors:
+            return False
+        k = rng.choice(factors)
+        sentence = f"{other} has {k} times as many as {holder}."
+        line, value = f"{other} has {x} * {k} = {x * k}.", x * k
+    elif kind == "more":
+        room = min(spec.max_number, spec.max_value - x)
+        if room < 2:
+            return False
+        b = rng.randint(2, room)
+        sentence = f"{other} has {b} more than {holder}."
+        line, value = f"{other} has {x} + {b} = {x + b}.", x + b
+    else:
+        if x < 4:
+            return False
+        b = rng.randint(2, min(spec.max_number, x - 2))
+        sentence = f"{other} has {b} fewer than {holder}."
+        line, value = f"{other} has {x} - {b} = {x - b}.", x - b
+    _record(chain, other, value, sentence, line)
+    return True
+
+
+def _together_step(
+    rng: random.Random, chain: _Chain, spec: Difficulty, kind: str, final: bool
+) -> bool:
+    """A new person (as the last step: the question) holds two holdings together."""
+    holder = chain.current
+    x = chain.holdings[holder]
+    partners = [
+        name
+        for name, value in chain.holdings.items()
+        if name != holder and value + x <= spec.max_value
+    ]
+    if not partners:
+        return False
+    partner = rng.choice(partners)
+    y = chain.holdings[partner]
+    if final:
+        # The question itself asks for the total; no new person is introduced.
+        chain.lines.append(f"Together {partner} and {holder} have {y} + {x} = {x + y}.")
+        chain.subject = f"{partner} and {holder}"
+        chain.answer = x + y
+        chain.steps += 1
+        return True
+    other = _new_name(rng, chain)
+    if other is None:
+        return False
+    _record(
+        chain,
+        other,
+        x + y,
+        f"{other} has as many as {partner} and {holder} together.",
+        f"{other} has {y} + {x} = {x + y}.",
+    )
+    return True
+
+
+_STEPS = {"gain": _gain_step, "lose": _lose_step, "split": _split_step, "together": _together_step}
+_STEPS.update(dict.fromkeys(("times", "more", "fewer"), _compare_step))
+
+
 def _try_step(rng: random.Random, kind: str, chain: _Chain, spec: Difficulty, final: bool) -> bool:
     """Append one step of ``kind`` to ``chain`` if its constraints allow; return whether it did.
 
     ``final`` marks the last step: a "together" step is then phrased as the question itself.
     """
-    obj = chain.objects
-    holder = chain.current
-    x = chain.holdings[holder]
-    if kind == "gain":
-        room = min(spec.max_number, spec.max_value - x)
-        if room < 2:
-            return False
-        b = rng.randint(2, room)
-        verb = rng.choice(_GAIN_VERBS)
-        _record(
-            chain,
-            holder,
-            x + b,
-            f"{holder} {verb} {b} more {obj}.",
-            f"{holder} has {x} + {b} = {x + b}.",
-        )
-        return True
-    if kind == "lose":
-        if x < 4:
-            return False
-        b = rng.randint(2, min(spec.max_number, x - 2))
-        verb = rng.choice(_LOSE_VERBS)
-        _record(
-            chain,
-            holder,
-            x - b,
-            f"{holder} {verb} {b} {obj}.",
-            f"{holder} has {x} - {b} = {x - b}.",
-        )
-        return True
-    if kind == "split":
-        divisors = [k for k in range(2, spec.max_factor + 1) if x % k == 0 and x // k >= 2]
-        if not divisors:
-            return False
-        k = rng.choice(divisors)
-        plural, _ = rng.choice(_CONTAINERS)
-        _record(
-            chain,
-            holder,
-            x // k,
-            f"{holder} splits them into {k} equal {plural} and keeps one.",
-            f"{holder} keeps {x} / {k} = {x // k}.",
-        )
-        return True
-    if kind in ("times", "more", "fewer"):
-        other = _new_name(rng, chain)
-        if other is None:
-            return False
-        if kind == "times":
-            factors = [k for k in range(2, spec.max_factor + 1) if x * k <= spec.max_value]
-            if not factors:
-                return False
-            k = rng.choice(factors)
-            sentence = f"{other} has {k} times as many as {holder}."
-            line, value = f"{other} has {x} * {k} = {x * k}.", x * k
-        elif kind == "more":
-            room = min(spec.max_number, spec.max_value - x)
-            if room < 2:
-                return False
-            b = rng.randint(2, room)
-            sentence = f"{other} has {b} more than {holder}."
-            line, value = f"{other} has {x} + {b} = {x + b}.", x + b
-        else:
-            if x < 4:
-                return False
-            b = rng.randint(2, min(spec.max_number, x - 2))
-            sentence = f"{other} has {b} fewer than {holder}."
-            line, value = f"{other} has {x} - {b} = {x - b}.", x - b
-        _record(chain, other, value, sentence, line)
-        return True
-    if kind == "together":
-        partners = [
-            name
-            for name, value in chain.holdings.items()
-            if name != holder and value + x <= spec.max_value
-        ]
-        if not partners:
-            return False
-        partner = rng.choice(partners)
-        y = chain.holdings[partner]
-        if final:
-            # The question itself asks for the total; no new person is introduced.
-            chain.lines.append(f"Together {partner} and {holder} have {y} + {x} = {x + y}.")
-            chain.subject = f"{partner} and {holder}"
-            chain.answer = x + y
-            chain.steps += 1
-            return True
-        other = _new_name(rng, chain)
-        if other is None:
-            return False
-        _record(
-            chain,
-            other,
-            x + y,
-            f"{other} has as many as {partner} and {holder} together.",
-            f"{other} has {y} + {x} = {x + y}.",
-        )
-        return True
-    raise AssertionError(f"unknown step kind {kind!r}")
+    if kind not in _STEPS:
+        raise AssertionError(f"unknown step kind {kind!r}")
+    return _STEPS[kind](rng, chain, spec, kind, final)
 
 
 def _start(rng: random.Random, spec: Difficulty) -> _Chain:

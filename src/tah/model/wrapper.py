@@ -268,30 +268,13 @@ class TaHForCausalLM(nn.Module):
         threshold: float | Tensor | None = None,  # a (B,) tensor: one τ per row
         ensure_deep_pass: bool = False,
     ) -> TaHOutput:
-        if input_ids.dim() != 2:
-            raise DataError(
-                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
-            )
+        valid = _valid_tokens(input_ids, attention_mask, iter_labels)
         batch, length = input_ids.shape
         device = input_ids.device
-        valid = (
-            torch.ones_like(input_ids, dtype=torch.bool)
-            if attention_mask is None
-            else attention_mask[:, -length:].to(device=device, dtype=torch.bool)
-        )
-        if iter_labels is not None and iter_labels.shape != input_ids.shape:
-            raise DataError(
-                f"iter_labels shape {tuple(iter_labels.shape)} != input_ids {tuple(input_ids.shape)}"
-            )
         max_iter = self.config.max_iter
         run_depths = max_iter if max_depth is None else max(1, min(max_iter, int(max_depth)))
         work = cache if cache is not None else self.new_cache()
-        positions = work.next_positions(valid)
-        if self.max_context is not None and int(positions.max()) >= self.max_context:
-            raise DataError(
-                f"sequence reaches position {int(positions.max())} but the model's context is "
-                f"{self.max_context} tokens; shorten the prompt or max_new_tokens"
-            )
+        positions = self._positions(work, valid)
         embedding = self.base_model.get_input_embeddings()
         lm_head = self.base_model.get_output_embeddings()
         needs_features = bool(self.decider.feature_layers) and max_iter > 1
@@ -348,25 +331,9 @@ class TaHForCausalLM(nn.Module):
             b_idx, t_idx = b_idx[go], t_idx[go]
             if previous is not None:
                 previous = previous[go]
-            rows, grid_r, grid_c, width = _pack(b_idx, batch)
-            soft = soft_embedding(logits[b_idx, t_idx], embedding.weight, self.config.topk)
-            embeds = soft.new_zeros((rows.numel(), width, soft.shape[-1]))
-            embeds = embeds.index_put((grid_r, grid_c), soft)
-            q_pos = positions.new_zeros((rows.numel(), width)).index_put(
-                (grid_r, grid_c), positions[b_idx, t_idx]
-            )
-            q_valid = torch.zeros_like(q_pos, dtype=torch.bool).index_put(
-                (grid_r, grid_c), torch.ones_like(b_idx, dtype=torch.bool)
-            )
-            hidden = self._run_pass(
-                embeds,
-                q_pos,
-                q_valid,
-                depth + 1,
-                None if rows.numel() == batch else rows,
-                work,
-                batch,
-                store=cache is not None or depth + 2 < run_depths,
+            store = cache is not None or depth + 2 < run_depths
+            hidden, grid_r, grid_c = self._deeper_pass(
+                logits, positions, b_idx, t_idx, depth + 1, work, batch, store
             )
             select = lambda t, r=grid_r, c=grid_c: t[r, c]  # noqa: E731
             new_logits = lm_head(select(hidden))
@@ -383,14 +350,49 @@ class TaHForCausalLM(nn.Module):
         self._captured = {}
         if self.lora is not None:
             self.lora.set(False)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(),
-                labels[:, 1:].flatten().to(device),
-                ignore_index=-100,
-            )
+        loss = None if labels is None else _next_token_loss(logits, labels)
         return TaHOutput(logits, iter_counts, loss, decider_logits, cache)
+
+    def _positions(self, work: DepthKVCache, valid: Tensor) -> Tensor:
+        """The new tokens' positions after what ``work`` holds, within the model's context."""
+        positions = work.next_positions(valid)
+        if self.max_context is not None and int(positions.max()) >= self.max_context:
+            raise DataError(
+                f"sequence reaches position {int(positions.max())} but the model's context is "
+                f"{self.max_context} tokens; shorten the prompt or max_new_tokens"
+            )
+        return positions
+
+    def _deeper_pass(
+        self,
+        logits: Tensor,
+        positions: Tensor,
+        b_idx: Tensor,
+        t_idx: Tensor,
+        depth: int,
+        work: DepthKVCache,
+        batch: int,
+        store: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Run depth ``depth`` (0-based) on the continuing tokens (b_idx, t_idx), packed into as
+        few rows as their batch rows need, each input the soft embedding of its summed logits.
+        Returns the packed hidden states and each token's (row, column) in the pack."""
+        embedding = self.base_model.get_input_embeddings()
+        rows, grid_r, grid_c, width = _pack(b_idx, batch)
+        soft = soft_embedding(logits[b_idx, t_idx], embedding.weight, self.config.topk)
+        embeds = soft.new_zeros((rows.numel(), width, soft.shape[-1]))
+        embeds = embeds.index_put((grid_r, grid_c), soft)
+        q_pos = positions.new_zeros((rows.numel(), width)).index_put(
+            (grid_r, grid_c), positions[b_idx, t_idx]
+        )
+        q_valid = torch.zeros_like(q_pos, dtype=torch.bool).index_put(
+            (grid_r, grid_c), torch.ones_like(b_idx, dtype=torch.bool)
+        )
+        packed_rows = None if rows.numel() == batch else rows
+        hidden = self._run_pass(
+            embeds, q_pos, q_valid, depth, packed_rows, work, batch, store=store
+        )
+        return hidden, grid_r, grid_c
 
     @staticmethod
     def _force_one(go, go_logits, iter_labels, labels, b_idx, t_idx) -> Tensor:
@@ -427,3 +429,28 @@ def _pack(b_idx: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor, int]:
     starts = counts.cumsum(0) - counts
     grid_c = torch.arange(b_idx.numel(), device=b_idx.device) - starts[b_idx]
     return rows, slot_of_row[b_idx], grid_c, int(counts.max())
+
+
+def _valid_tokens(
+    input_ids: Tensor, attention_mask: Tensor | None, iter_labels: Tensor | None
+) -> Tensor:
+    """The (batch, length) mask of real tokens, after checking the inputs' shapes."""
+    if input_ids.dim() != 2:
+        raise DataError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if iter_labels is not None and iter_labels.shape != input_ids.shape:
+        raise DataError(
+            f"iter_labels shape {tuple(iter_labels.shape)} != input_ids {tuple(input_ids.shape)}"
+        )
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    length = input_ids.shape[1]
+    return attention_mask[:, -length:].to(device=input_ids.device, dtype=torch.bool)
+
+
+def _next_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of each position's logits against the next label (-100: ignored)."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels[:, 1:].flatten().to(logits.device),
+        ignore_index=-100,
+    )

@@ -180,9 +180,14 @@ class Recipe:
     def validate(self) -> None:
         """Cross-field checks; every message names the key and the fix."""
         where = f" (recipe {self.source})" if self.source else ""
+        self._validate_model(where)
+        self._validate_data_and_optim(where)
+        self._validate_train_and_output(where)
+
+    def _validate_model(self, where: str) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}{where}")
-        m, d, o, t, out = self.model, self.data, self.optim, self.train, self.output
+        m = self.model
         sources = [k for k in ("base", "init_config", "init_from") if getattr(m, k)]
         if self.stage == "stage2":
             if not m.init_from:
@@ -230,6 +235,9 @@ class Recipe:
             raise ConfigError(
                 f"stage2 trains an MLP decider: model.tah.decider must be 'mlp'{where}"
             )
+
+    def _validate_data_and_optim(self, where: str) -> None:
+        d, o = self.data, self.optim
         if not d.train:
             raise ConfigError(
                 f"data.train is required (a labelled dataset from `tah label`){where}"
@@ -258,6 +266,9 @@ class Recipe:
                 f"loss.pos_weight must be a positive number or 'auto', got {pw!r}{where}"
             )
         _choice("loss.decider_targets", self.loss.decider_targets, ("all", "response"), where)
+
+    def _validate_train_and_output(self, where: str) -> None:
+        d, t, out = self.data, self.train, self.output
         _positive("train.epochs", t.epochs, where)
         if t.max_steps is not None:
             _positive("train.max_steps", t.max_steps, where)
