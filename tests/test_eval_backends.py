@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tah.data.prompts import render_prompt
 from tah.errors import ConfigError
 from tah.evaluation.backends import BackendOptions, make_backend
-from tah.evaluation.prompts import render_prompt
 from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
 from test_eval_helpers import one_thread, save_tiny_model, save_tiny_tah
 

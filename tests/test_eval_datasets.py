@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tah.data.prompts import BOXED_SUFFIX, render_prompt, user_message
 from tah.errors import ConfigError, DataError
 from tah.evaluation.datasets import (
     REGISTRY,
@@ -14,7 +15,6 @@ from tah.evaluation.datasets import (
     load_eval_dataset,
     parse_dataset_list,
 )
-from tah.evaluation.prompts import BOXED_SUFFIX, render_prompt, user_message
 from tah.evaluation.sampling import SamplingParams, sample_seed
 from test_eval_helpers import tiny_tokenizer, write_jsonl
 

@@ -459,7 +459,7 @@ GSM8K_ROW = {
 
 def test_gsm8k_record_drops_calculator_and_boxes_the_answer():
     from tah.data.gsm8k import to_sft_record
-    from tah.evaluation.prompts import user_message
+    from tah.data.prompts import user_message
 
     rec = to_sft_record(GSM8K_ROW)
     assert rec["solution"] == (

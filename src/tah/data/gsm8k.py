@@ -6,7 +6,7 @@
 ``tah label`` / ``tah train`` read directly:
 
 * ``question``: the problem plus the same "reason step by step ... \\boxed{}" line that
-  ``tah eval --prompt-style boxed`` appends (one definition: :func:`tah.evaluation.prompts.user_message`),
+  ``tah eval --prompt-style boxed`` appends (one definition: :func:`tah.data.prompts.user_message`),
   so training and evaluation prompts agree;
 * ``solution``: the worked solution with the calculator annotations removed and the final
   ``#### 72`` turned into ``The answer is \\boxed{72}.``;
@@ -67,7 +67,7 @@ def clean_solution(solution: str) -> str:
 
 def to_sft_record(row: Mapping[str, Any], index: int = 0, style: str = "boxed") -> dict[str, str]:
     """One GSM8K row (shared or hub layout) as an SFT record ``{id, question, solution, answer}``."""
-    from tah.evaluation.prompts import user_message
+    from tah.data.prompts import user_message
 
     question = row.get("problem") or row.get("question")
     if not isinstance(question, str) or not question.strip():

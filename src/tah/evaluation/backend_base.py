@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tah.data.prompts import has_chat_template
 from tah.errors import CheckpointError, ConfigError
-from tah.evaluation.prompts import has_chat_template
 from tah.evaluation.sampling import SamplingParams
 
 

@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from tah.data.prompts import PROMPT_STYLES
 from tah.errors import ConfigError
 from tah.evaluation.backend_base import BackendOptions
 from tah.evaluation.backends import check_local_model
-from tah.evaluation.prompts import PROMPT_STYLES
 from tah.evaluation.sampling import SamplingParams
 from tah.model.loading import resolve_device, resolve_dtype
 

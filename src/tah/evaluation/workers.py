@@ -22,12 +22,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from tah.data.prompts import render_prompt
 from tah.errors import TaHError
 from tah.evaluation.backend_base import Backend, Generation, iter_summary
 from tah.evaluation.backends import make_backend
 from tah.evaluation.eval_config import EvalConfig
 from tah.evaluation.grading import Grader
-from tah.evaluation.prompts import render_prompt
 from tah.evaluation.sampling import SamplingParams
 from tah.evaluation.store import append_row
 

@@ -1,4 +1,4 @@
-"""Prompt rendering for evaluation (METHOD.md D.3).
+"""Prompt rendering, shared by training data and evaluation (docs/method.md, "Evaluation").
 
 Two styles: ``bare`` (the paper: the question alone as the user turn) and ``boxed`` (the
 question plus the common "reason step by step ... \\boxed{}" instruction, as in TaH2). The chat
