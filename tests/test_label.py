@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tah.data.encoding import encode_records
-from tah.data.label_features import build_features, load_labels, load_training_dataset
+from tah.data.label_features import build_features, load_labels
 from tah.data.labeling import LabelSettings, label_records
 from tah.data.records import Record
 from tah.errors import ConfigError, DataError
@@ -338,6 +338,11 @@ def test_build_features_iteration_labels():
 
 
 def test_training_loader_filters_and_checks_tokenizer(tmp_path, tok, model):
+    """Training reads a label directory through the one row filter (row_verdict): counts
+    compared with a loop over the labels."""
+    from tah.data.label_features import row_verdict
+    from tah.training.data import load_training_data
+
     # long questions: truncation to 12 tokens leaves some rows without any supervised token
     rng = random.Random(0)
     recs = [
@@ -348,21 +353,34 @@ def test_training_loader_filters_and_checks_tokenizer(tmp_path, tok, model):
     ]
     label_records(model, tok, recs, tmp_path / "l", LabelSettings(batch_size=4), progress=False)
     data, _ = load_labels(tmp_path / "l")
-    ds = load_training_dataset(tmp_path / "l", tokenizer=tok, max_length=12)
+
+    def load(max_length, action="cutoff", tokenizer=tok):
+        return load_training_data(
+            tmp_path / "l",
+            max_iter=2,
+            strategy="mismatch",
+            max_length=max_length,
+            max_length_action=action,
+            tokenizer=tokenizer,
+        )
+
+    ds = load(12)
     expected = sum(any(m and h for m, h in zip(r["mask"][:12], r["mismatch"][:12])) for r in data)
     assert 0 < len(ds) == expected < len(data)
-    item = ds[0]
-    assert set(item) == {"input_ids", "attention_mask", "labels", "iter_labels"}
+    item = ds.examples([0])[0]
     assert len(item["input_ids"]) <= 12 and 2 in item["iter_labels"]
-    dropped = load_training_dataset(tmp_path / "l", max_length=13, length_action="drop")
-    assert len(dropped) == sum(len(r) <= 13 for r in data["input_ids"])
-    assert all(len(x["input_ids"]) <= 13 for x in dropped)
+    dropped = load(13, "filter")
+    assert len(dropped) == sum(
+        row_verdict(r["mask"], r["mismatch"], 13, "drop", True) == "keep" for r in data
+    )
+    assert dropped.dropped_long == sum(len(r) > 13 for r in data["input_ids"])
+    assert all(len(x["input_ids"]) <= 13 for x in dropped.examples(list(range(len(dropped)))))
     with pytest.raises(DataError, match="no training rows"):
-        load_training_dataset(tmp_path / "l", max_length=12, length_action="drop")
+        load(12, "filter")
     with pytest.raises(DataError, match="differs"):
-        load_training_dataset(tmp_path / "l", tokenizer=make_tokenizer_with_extra_word())
+        load(12, tokenizer=make_tokenizer_with_extra_word())
     with pytest.raises(ConfigError):
-        load_training_dataset(tmp_path / "l", length_action="cut")
+        row_verdict([1, 1], [1, 1], 1, "cut", True)
 
 
 def make_tokenizer_with_extra_word():

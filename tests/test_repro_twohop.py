@@ -183,7 +183,8 @@ def test_written_base_settings_are_checked():
 
 
 def test_widen_keeps_the_function_and_adds_parameters():
-    from tah.repro.twohop.runs import Shape, count_parameters, new_standard, widen
+    from tah.repro.twohop.runs import Shape, count_parameters, new_standard
+    from tah.repro.widen import widen
 
     task = TwoHopTask(entities=8, pairs=4, queries=3)
     base = new_standard(task, Shape(layers=2, hidden=32, intermediate=64), 0).eval()

@@ -138,73 +138,22 @@ def build_features(
     }
 
 
-def load_training_dataset(
-    path: str | os.PathLike,
-    *,
-    tokenizer: Any = None,
-    max_iter: int = 2,
-    strategy: str = "mismatch",
-    max_length: int | None = None,
-    length_action: str = "truncate",
-    seed: int = 0,
-    query_iter: int = 1,
-    require_hard: bool = True,
-) -> Any:
-    """Labelled rows as a training ``datasets.Dataset`` (features built lazily per access).
-
-    Rows longer than ``max_length`` are truncated (``length_action="truncate"``) or dropped
-    (``"drop"``). With ``require_hard`` a row is kept only if, after truncation, it has a
-    supervised hard token (strategy ``mismatch``) or any supervised token (``all``), as in
-    METHOD B.4. Items are dicts from :func:`build_features`; nothing is written to disk.
-    """
-    _check_strategy(max_iter, strategy, query_iter)
+def row_verdict(
+    mask: Any, mismatch: Any, max_length: int, length_action: str, require_hard: bool
+) -> str:
+    """Whether a labelled row trains: "keep", "long" (longer than ``max_length`` with
+    ``length_action="drop"``) or "empty" (within ``max_length``, no supervised token; with
+    ``require_hard``, no supervised hard token either: such a row teaches the deeper passes
+    nothing). The one row filter of training, for label directories and JSONL rows alike."""
     if length_action not in LENGTH_ACTIONS:
         raise ConfigError(f"length_action must be one of {LENGTH_ACTIONS}, got {length_action!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-        raise ConfigError(f"max_length must be an integer >= 2 or unset, got {max_length!r}")
-    data, _ = load_labels(path, tokenizer=tokenizer)
-    keep: list[int] = []
-    dropped_long = no_target = 0
-    table = data.select_columns(["mask", "mismatch"]).with_format("numpy")
-    for start in range(0, len(data), 1024):
-        chunk = table[start : start + 1024]
-        for j, (mask, mismatch) in enumerate(zip(chunk["mask"], chunk["mismatch"])):
-            if max_length is not None and len(mask) > max_length:
-                if length_action == "drop":
-                    dropped_long += 1
-                    continue
-                mask, mismatch = mask[:max_length], mismatch[:max_length]
-            target = (
-                mask.astype(bool) if strategy == "all" else (mask & (mismatch >= 1)).astype(bool)
-            )
-            if require_hard and not target.any():
-                no_target += 1
-                continue
-            keep.append(start + j)
-    log.info(
-        "training rows: %d kept of %d (%d dropped as too long, %d without a target token)",
-        len(keep),
-        len(data),
-        dropped_long,
-        no_target,
-    )
-    if not keep:
-        raise DataError(f"{path}: no training rows left after filtering (max_length={max_length})")
-    options = {
-        "max_iter": max_iter,
-        "strategy": strategy,
-        "seed": seed,
-        "query_iter": query_iter,
-        "max_length": max_length,
-    }
-
-    def transform(batch: dict[str, list]) -> dict[str, list]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        feats = [build_features(r, **options) for r in rows]
-        return {
-            k: [f[k] for f in feats]
-            for k in ("input_ids", "attention_mask", "labels", "iter_labels")
-        }
-
-    selected = data.select(keep, keep_in_memory=True)
-    return selected.with_transform(transform)
+    if len(mask) > max_length:
+        if length_action == "drop":
+            return "long"
+        mask, mismatch = mask[:max_length], mismatch[:max_length]
+    supervised = np.asarray(mask) == 1
+    if not supervised.any():
+        return "empty"
+    if require_hard and not (supervised & (np.asarray(mismatch) >= 1)).any():
+        return "empty"
+    return "keep"

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["count_checkpoint_params", "widen_mlp", "widen_to_match"]
+__all__ = ["count_checkpoint_params", "widen", "widen_mlp", "widen_to_match"]
 
 
 def count_checkpoint_params(path: str | os.PathLike) -> int:
@@ -24,6 +24,45 @@ def count_checkpoint_params(path: str | os.PathLike) -> int:
 
     model = load_model(path)
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def widen(model: Any, intermediate: int, seed: int, fresh_rows: str = "init") -> Any:
+    """A copy of ``model`` whose MLPs have ``intermediate`` hidden units; the new units' output
+    weights are zero, so the copy computes exactly the model's function at the start.
+
+    The new units' gate / up rows are the wide model's own initialisation (drawn after
+    ``torch.manual_seed(seed)``) with ``fresh_rows="init"`` (the two-hop study), or drawn again
+    N(0, initializer_range) in parameter order with ``fresh_rows="normal"`` (the tiny study):
+    both kept so that each study's published numbers reproduce.
+    """
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    old = int(config.intermediate_size)
+    config.intermediate_size = int(intermediate)
+    torch.manual_seed(seed)
+    wide = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = model.state_dict()
+    std = float(getattr(config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for name, param in wide.named_parameters():
+            source = state[name]
+            if source.shape == param.shape:
+                param.copy_(source)
+            elif name.endswith(("gate_proj.weight", "up_proj.weight")):  # [intermediate, hidden]
+                if fresh_rows == "normal":
+                    param.normal_(0.0, std)
+                param[:old].copy_(source)
+            elif name.endswith("down_proj.weight"):  # [hidden, intermediate]: new columns 0
+                param.zero_()
+                param[:, :old].copy_(source)
+            else:  # pragma: no cover - Llama/Qwen3 have no other widened tensor
+                raise AssertionError(f"unexpected shape change in {name}")
+    wide.generation_config = model.generation_config
+    return wide
 
 
 def widen_mlp(base: str | os.PathLike, output: str | os.PathLike, extra: int, seed: int = 0) -> int:
@@ -38,33 +77,8 @@ def widen_mlp(base: str | os.PathLike, output: str | os.PathLike, extra: int, se
         from tah.errors import ConfigError
 
         raise ConfigError(f"extra MLP units must be >= 1, got {extra}")
-    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = model.config
-    old = int(config.intermediate_size)
-    config_dict = config.to_dict()
-    config_dict["intermediate_size"] = old + int(extra)
-    wide_config = type(config).from_dict(config_dict)
-    wide = AutoModelForCausalLM.from_config(wide_config, dtype=torch.float32)
-    state = model.state_dict()
-    std = float(getattr(config, "initializer_range", 0.02))
-    new_state = {}
-    for name, target in wide.state_dict().items():
-        source = state[name]
-        if source.shape == target.shape:
-            new_state[name] = source.clone()
-            continue
-        grown = torch.zeros_like(target)
-        if name.endswith(("gate_proj.weight", "up_proj.weight")):  # [intermediate, hidden]
-            grown.normal_(0.0, std)
-            grown[:old] = source
-        elif name.endswith("down_proj.weight"):  # [hidden, intermediate]: new columns 0
-            grown[:, :old] = source
-        else:
-            raise ValueError(f"unexpected shape change in {name}")
-        new_state[name] = grown
-    wide.load_state_dict(new_state)
-    wide.generation_config = model.generation_config
+    wide = widen(model, int(model.config.intermediate_size) + int(extra), seed, "normal")
     tokenizer = AutoTokenizer.from_pretrained(base)
     with atomic_dir(output) as tmp:
         wide.save_pretrained(str(tmp))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tah.data.label_features import row_verdict
 from tah.data.records import jsonl_rows
 from tah.errors import DataError
 
@@ -180,7 +181,7 @@ def _from_labels_dir(
     for start in range(0, len(cols), 1024):
         chunk = cols[start : start + 1024]
         for j, (mask, mismatch) in enumerate(zip(chunk["mask"], chunk["mismatch"])):
-            verdict = _select(mask, mismatch, max_length, action, require_hard)
+            verdict = row_verdict(mask, mismatch, max_length, _ACTIONS[action], require_hard)
             long_ += verdict == "long"
             none_ += verdict == "empty"
             if verdict == "keep":
@@ -210,7 +211,9 @@ def _from_jsonl(
             if len(problems) < _PROBLEMS_KEPT:
                 problems.append(str(exc))
             continue
-        verdict = _select(row["mask"], row["mismatch"], max_length, action, require_hard)
+        verdict = row_verdict(
+            row["mask"], row["mismatch"], max_length, _ACTIONS[action], require_hard
+        )
         long_ += verdict == "long"
         none_ += verdict == "empty"
         if verdict == "keep":
@@ -248,16 +251,3 @@ def _parse_row(obj: Any, origin: str, index: int) -> dict[str, Any]:
     if not isinstance(data_id, int) or isinstance(data_id, bool):
         raise DataError(f"{origin}: data_id must be an integer")
     return {"data_id": data_id, **arrays}
-
-
-def _select(mask, mismatch, max_length: int, action: str, require_hard: bool) -> str:
-    """'keep', 'long' (dropped for length) or 'empty' (no supervised hard token)."""
-    if len(mask) > max_length:
-        if _ACTIONS[action] == "drop":
-            return "long"
-        mask, mismatch = mask[:max_length], mismatch[:max_length]
-    if not (np.asarray(mask) == 1).any():
-        return "empty"
-    if require_hard and not ((np.asarray(mask) == 1) & (np.asarray(mismatch) >= 1)).any():
-        return "empty"
-    return "keep"

@@ -124,13 +124,6 @@ def _clean(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSONL training log."""
-    return [
-        json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line
-    ]
-
-
 _TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 

@@ -36,9 +36,9 @@ from tah.repro.twohop.runs import (
     tah_config,
     tah_forward,
     train_loop,
-    widen,
     written_second_step_accuracy,
 )
+from tah.repro.widen import widen
 
 # Disjoint problem streams: training rows, validation and test problems never share a seed.
 TEST_SEED, VAL_SEED, GATE_STREAM, FINETUNE_STREAM, DECIDER_STREAM = 10**6, 2 * 10**6, 0, 1, 2

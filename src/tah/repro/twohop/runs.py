@@ -95,37 +95,6 @@ def new_standard(task: TwoHopTask, shape: Shape, seed: int) -> nn.Module:
     return AutoModelForCausalLM.from_config(config).float()
 
 
-def widen(model: nn.Module, intermediate: int, seed: int) -> nn.Module:
-    """A copy of ``model`` with a wider MLP that computes exactly the same function at start.
-
-    New MLP units get fresh gate/up rows and zero down-projection columns, so the wide Standard
-    starts from the trained base like every other arm, with more parameters to train.
-    """
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(model.config)
-    old = config.intermediate_size
-    config.intermediate_size = intermediate
-    torch.manual_seed(seed)
-    wide = AutoModelForCausalLM.from_config(config).float()
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, param in wide.named_parameters():
-            src = state[name]
-            if src.shape == param.shape:
-                param.copy_(src)
-            elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-                param[:old].copy_(src)
-            elif name.endswith("down_proj.weight"):
-                param.zero_()
-                param[:, :old].copy_(src)
-            else:  # pragma: no cover - Llama/Qwen3 have no other widened tensor
-                raise AssertionError(f"unexpected shape change in {name}")
-    return wide
-
-
 def deepen(model: nn.Module, layers: int, seed: int) -> nn.Module:
     """A copy of ``model`` grown to ``layers`` layers that computes exactly the same function.
 
