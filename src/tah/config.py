@@ -124,7 +124,7 @@ class TaHConfig:
 
     @classmethod
     def from_published(cls, data: dict[str, Any], **overrides: Any) -> TaHConfig:
-        """Read the ``tah_config.json`` of the reference implementation (METHOD.md appendix K)."""
+        """Read the ``tah_config.json`` of the reference implementation (docs/method.md §12)."""
         decider_class = data.get("eval_iter_decider") or data.get("iter_decider")
         if decider_class == "iter_decider":  # alias used by the eval recipes
             decider_class = data.get("iter_decider")

@@ -58,7 +58,7 @@ def encode_records(
     The assistant turn starts where the full rendering stops agreeing (token by token) with the
     rendering of the user turn alone; content starts where it stops agreeing with the user turn
     plus the generation prompt. The span is from the first ``think_token`` inside the assistant
-    turn when there is one (METHOD B.3), otherwise from the first assistant-content token.
+    turn when there is one (docs/method.md §8), otherwise from the first assistant-content token.
     Token prefixes (not string offsets) make this robust to merges at the boundary.
     """
     if not getattr(tokenizer, "chat_template", None):

@@ -1,4 +1,4 @@
-"""Labelled rows → training features (METHOD B.4): a finished `tah label` directory opened as one
+"""Labelled rows → training features (docs/method.md §8): a finished `tah label` directory opened as one
 memory-mapped ``datasets.Dataset``, and per-token targets and iteration labels built from it.
 """
 
@@ -96,7 +96,7 @@ def build_features(
     """Turn one labelled row into ``input_ids``, ``attention_mask``, ``labels``, ``iter_labels``.
 
     ``labels`` are the ids with -100 where mask == 0 (unshifted; the loss shifts).
-    ``iter_labels`` (METHOD B.4) is the oracle depth per position: ``query_iter`` on prompt
+    ``iter_labels`` (docs/method.md §8) is the oracle depth per position: ``query_iter`` on prompt
     positions, 1 on easy supervised tokens; hard supervised tokens (mask & mismatch) get 2 when
     ``max_iter`` is 2 and a uniform integer in [2, max_iter] for deeper models, drawn from a
     generator seeded by (seed, data_id) so a row always gets the same depths. A mismatch value

@@ -1,6 +1,6 @@
 """Hard-token labels: a frozen reference model, teacher-forced, marks where its argmax is wrong.
 
-Nothing in transformers or datasets does this job, and the reference script (METHOD B.3/H.14)
+Nothing in transformers or datasets does this job, and the reference script (docs/method.md §8)
 has the problems we fix here: a hard-coded ``<think>`` id, one sample per forward, per-token
 Python lists in RAM and no resume. The pieces: :mod:`tah.data.encoding` renders each record with
 the tokenizer's chat template and finds the supervised span by comparing token prefixes, never
@@ -8,7 +8,7 @@ by known ids; this module runs the model on length-sorted, right-padded batches 
 argmax/entropy from the final hidden states in chunks, so no (B, T, V) logits tensor is ever
 materialised, and writes fixed-size Arrow shards atomically (:mod:`tah.data.label_shards`), so
 a killed run resumes where it stopped and gives the same output; :mod:`tah.data.label_features`
-turns labelled rows into training features (METHOD B.4); :mod:`tah.data.reference` loads and
+turns labelled rows into training features (docs/method.md §8); :mod:`tah.data.reference` loads and
 checks the reference model.
 """
 

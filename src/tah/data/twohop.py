@@ -55,7 +55,8 @@ TWO_HOP = KINDS.index("gf")
 
 @dataclass(frozen=True)
 class TwoHopTask:
-    """Shape of the problems. Defaults: the feasibility setting of issue 11, split in two tables."""
+    """Shape of the problems. Defaults: the first feasibility runs' setting (docs/repro-twohop/
+    NOTES.md), split in two tables."""
 
     entities: int = 24  # per set (X, Y and Z each)
     pairs: int = 8  # K, per table

@@ -1,6 +1,6 @@
 """Benchmark registry and loading: a name, a JSONL file, a saved ``datasets`` folder or a hub id.
 
-The paper's benchmarks (METHOD.md D.2) are registered by name with their hub source and field
+The paper's benchmarks (docs/method.md §11) are registered by name with their hub source and field
 names. A registered name is first looked up as ``<data dir>/<name>/test.jsonl`` (the normalised
 local copies with fields ``id``/``problem``/``answer``), so evaluation works offline; the hub is
 only the fallback. We keep our own small loader rather than a framework (lm-eval, lighteval)
@@ -30,7 +30,7 @@ _ANSWER_FIELDS = ("answer", "Answer", "final_answer", "target", "gold", "label")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a registered benchmark lives and how to read it (METHOD.md D.2)."""
+    """Where a registered benchmark lives and how to read it (docs/method.md §11)."""
 
     name: str
     hub_id: str

@@ -1,4 +1,4 @@
-"""Answer extraction and equivalence with math-verify (METHOD.md D.6), safe under any process.
+"""Answer extraction and equivalence with math-verify (docs/method.md §11), safe under any process.
 
 math-verify already does the hard part (LaTeX/expression extraction, sympy equivalence), so we
 only configure it as the paper did (gold: ``expr`` or ``$``-wrapped ``latex``; output: LaTeX

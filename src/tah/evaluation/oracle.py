@@ -1,4 +1,4 @@
-"""TaH-oracle: a reference model's greedy token decides which tokens iterate (METHOD.md A.10.4).
+"""TaH-oracle: a reference model's greedy token decides which tokens iterate (docs/method.md §7).
 
 A token at position t runs a second pass iff the TaH model's depth-1 argmax at t differs from
 the reference model's greedy prediction for the same prefix. The core API has no decider that

@@ -1,4 +1,4 @@
-"""Question-level routing between a small and a large model at a target average size (METHOD.md C.6).
+"""Question-level routing between a small and a large model at a target average size (docs/method.md §11).
 
 The paper's Routing baseline sends the hardest fraction p of questions to the large model and
 the rest to the small one, with p chosen so that ``p * P_large + (1 - p) * P_small`` equals the

@@ -1,6 +1,6 @@
 """Evaluation runs: select the work, shard it over worker processes, grade, merge, summarise.
 
-The flow (METHOD.md D.1, with its weaknesses fixed): the parent loads the benchmarks, works out
+The flow (docs/method.md §11, with its weaknesses fixed): the parent loads the benchmarks, works out
 which (dataset, problem, sample) keys are not finished yet, splits them interleaved over J
 workers (spawn start method; one device each when ``devices`` is given), and shows progress.
 Each worker loads its own backend and grader, renders prompts with the tokenizer's chat

@@ -1,6 +1,6 @@
 """Sampling parameters, per-sample seeds, and a per-row seeded sampler.
 
-Defaults are the paper's evaluation recipe (METHOD.md D.4: T 0.6, top-p 0.95, top-k 20,
+Defaults are the paper's evaluation recipe (docs/method.md §11: T 0.6, top-p 0.95, top-k 20,
 min-p 0, 4096 new tokens). The logit warpers are transformers' own; what we add is *per-row*
 randomness: every (dataset, problem, sample) gets its own seed and its own ``torch.Generator``,
 and a token is drawn by the exponential race (argmax of p_v / E_v with E_v ~ Exp(1), an exact

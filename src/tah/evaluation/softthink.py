@@ -1,4 +1,4 @@
-"""SoftThink: training-free soft-embedding thinking on a plain causal LM (baseline, METHOD.md C.6).
+"""SoftThink: training-free soft-embedding thinking on a plain causal LM (baseline, docs/method.md §11).
 
 No reference code exists for the paper's SoftThink baseline, and transformers' ``generate``
 cannot feed a mixture of embeddings back as the next input, so this module has its own decode

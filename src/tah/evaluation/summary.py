@@ -1,4 +1,4 @@
-"""Per-dataset metrics of a run (METHOD.md D.7) and their table.
+"""Per-dataset metrics of a run (docs/method.md §11) and their table.
 
 Accuracy is the mean of ``correct`` over all (problem, sample) rows, with the standard error of
 that mean (sample standard deviation / sqrt(n)). Depth and iteration share are token-weighted

@@ -1,6 +1,6 @@
 """Saving and loading TaH checkpoints.
 
-Directory layout (the published one of METHOD.md appendix K, plus safetensors deciders)::
+Directory layout (the published one, docs/method.md §12, plus safetensors deciders)::
 
     config.json, model.safetensors, generation_config.json   the base model, plain HF layout
     tokenizer files                                           when the model has a tokenizer

@@ -4,7 +4,7 @@ Every decider maps the tokens just computed (flattened to N rows) to a boolean "
 continue-logit. ``depth`` is the number of passes already done (1 after the first pass).
 
 * :class:`LabelDecider` follows oracle labels (stage-1 training): continue iff label > depth.
-* :class:`MLPDecider` is the learned decider of the paper (METHOD.md A.6, appendix K): selected
+* :class:`MLPDecider` is the learned decider of the paper (docs/method.md §5, §12): selected
   hidden-state layers of the token plus the top-k values of its cumulative logits, through a
   residual MLP; continue iff sigmoid(logit) > threshold. Parameter names follow the published
   state dict so released checkpoints load. With ``previous_token`` (our extension, off by

@@ -1,6 +1,6 @@
 """Training examples from labelled data, with every input check done before compute starts.
 
-The labelled format and the row -> features rule (METHOD.md B.4) belong to
+The labelled format and the row -> features rule (docs/method.md §8) belong to
 :mod:`tah.data.labeling`; this module adds what training needs on top:
 
 * a second input format, JSON Lines of labelled rows (``input_ids``, ``mask``, ``mismatch``,
@@ -49,7 +49,7 @@ class TrainingData:
     problems: list[str] = field(default_factory=list)
     dropped_long: int = 0
     dropped_no_target: int = 0
-    query_iter: int = 1  # passes of prompt tokens (METHOD B.4 query_iter_count)
+    query_iter: int = 1  # passes of prompt tokens (docs/method.md §8 query_iter_count)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -2,7 +2,7 @@
 
 The schedule itself is transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` (a
 ``LambdaLR``, so its state round-trips through ``state_dict``); this module only fixes the
-choices the paper's recipes make (METHOD.md C.5): HF-default AdamW betas/eps, decay on >= 2-D
+choices the paper's recipes make (docs/method.md §10): HF-default AdamW betas/eps, decay on >= 2-D
 tensors (not on biases, norms or the decider's LayerNorms), ``ceil(warmup_ratio * steps)``
 warmup steps like HF Trainer, and the minimum-lr ratio.
 """

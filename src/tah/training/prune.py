@@ -1,8 +1,8 @@
-"""Layer pruning for the parameter-matched TaH model (METHOD B.6), measured per token.
+"""Layer pruning for the parameter-matched TaH model (docs/method.md §9), measured per token.
 
 Neither transformers nor peft removes decoder layers from a checkpoint, and the reference
 script averages per-batch mean losses (long and short batches weigh the same), scores the prompt
-too, and uses only 16 samples (METHOD H.15). Here each candidate layer is taken out by
+too, and uses only 16 samples (docs/method.md §9). Here each candidate layer is taken out by
 rebuilding the ``nn.ModuleList`` (restored afterwards), the calibration loss is the sum of token
 NLLs divided by the number of scored tokens, and the scored tokens can be limited to the
 assistant span. The pruned model is a plain Hugging Face checkpoint: config layer counts and

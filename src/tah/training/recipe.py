@@ -9,7 +9,7 @@ plus dotted command-line overrides that go through the same checks. That is ~200
 A recipe names a ``stage``:
 
 * ``stage1`` - TaH, oracle routing from the labels (LabelDecider), CE at each token's oracle depth,
-  backbone + LoRA trainable (METHOD.md C.1);
+  backbone + LoRA trainable (docs/method.md §10);
 * ``stage2`` - TaH, fresh MLP decider trained alone on pos-weighted BCE, depth 1 only (C.2);
 * ``standard`` - the plain Hugging Face model (max_iter 1, no adapter), same data and optimiser;
 * ``alwaysthink`` - TaH where every supervised token runs all ``max_iter`` depths.
@@ -67,7 +67,7 @@ class DataSection:
     train: str = ""
     eval: str | None = None
     max_length: int = 8192
-    # "cutoff" truncates long rows, "filter" drops them (METHOD.md B.4).
+    # "cutoff" truncates long rows, "filter" drops them (docs/method.md §8).
     max_length_action: str = "cutoff"
     # How hard-token labels become iteration labels; None = the stage's default
     # ("mismatch" for TaH stages, "all" for alwaysthink).
@@ -78,7 +78,7 @@ class DataSection:
     require_hard: bool = True
     # Use only the first N rows after filtering (quick runs); None = all.
     max_examples: int | None = None
-    # Passes of prompt (unsupervised) tokens in training (METHOD B.4 query_iter_count): 1 as
+    # Passes of prompt (unsupervised) tokens in training (docs/method.md §8 query_iter_count): 1 as
     # the reference; an AlwaysThink trained with max_iter here iterates every token, as its
     # ``always`` decider does at inference.
     query_iter: int = 1
@@ -86,7 +86,7 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """AdamW and the learning-rate schedule (HF defaults; METHOD.md C.5)."""
+    """AdamW and the learning-rate schedule (HF defaults; docs/method.md §10)."""
 
     lr: float = 4e-5
     weight_decay: float = 0.01

@@ -1,11 +1,11 @@
 """The four training setups: which model, which parts train, which loss, how it is saved.
 
-* ``stage1`` (METHOD.md C.1): TaH with the LabelDecider (routing from the labels); CE at each
+* ``stage1`` (docs/method.md §10): TaH with the LabelDecider (routing from the labels); CE at each
   token's output logits, which under label routing are the oracle-depth logits; backbone and
   LoRA trainable (each by flag).
 * ``stage2`` (C.2): the stage-1 checkpoint with a fresh MLP decider; only the decider trains and
   that is *verified* (the trainable set must equal the decider's parameters); only depth 1 runs
-  (``max_depth=1``: nothing depends on deeper passes, METHOD.md H.6); pos-weighted BCE on
+  (``max_depth=1``: nothing depends on deeper passes, docs/method.md §10); pos-weighted BCE on
   "continue after depth 1".
 * ``standard``: the plain Hugging Face model (max_iter 1, no adapter) on the same data and
   optimiser; saved as a plain HF checkpoint.

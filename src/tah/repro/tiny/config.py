@@ -48,7 +48,7 @@ class ReproConfig:
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    # ---- hard-token labels (METHOD B.3): "standard" = the fine-tuned Standard model labels the
+    # ---- hard-token labels (docs/method.md §8): "standard" = the fine-tuned Standard model labels the
     # fine-tuning, validation and test splits (the paper labels with a post-trained model of
     # the same family); "base" = the pretrained base that every method starts from
     labeller: str = "standard"
@@ -70,7 +70,7 @@ class ReproConfig:
     decider_variants: list[str] = field(
         default_factory=lambda: ["pos_weight_5.4", "response_only", "wider"]
     )
-    # tau: the reference recipes use 0.8 (METHOD C.2); 0.95 was chosen on the tuning data
+    # tau: the reference recipes use 0.8 (docs/method.md §10); 0.95 was chosen on the tuning data
     threshold: float = 0.95
     # ---- evaluation
     # tah sweep of TaH and TaH+ over these thresholds on the test problems: shown next to the

@@ -315,7 +315,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         routing_table(results),
         "Oracle, answer accuracy: `tah eval --backend oracle` with the labeller as reference (a "
         "token iterates when the model's depth-1 guess differs from the labeller's greedy "
-        "token, METHOD A.10.4). Oracle, token accuracy: teacher-forced with the labels routing "
+        "token, docs/method.md §7). Oracle, token accuracy: teacher-forced with the labels routing "
         "(hard tokens iterate, as in stage-1 training). Depth 1 only: `--decider never`, the "
         "same weights with no token iterating.",
         "",

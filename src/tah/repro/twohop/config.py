@@ -21,10 +21,11 @@ BASE_JOBS = ("shallow", "base")  # from scratch, then trained on to convergence
 ARM_GATE_JOBS = ("standard", "standard2x", "wide", "deep")
 GATE_JOBS = (*BASE_JOBS, *ARM_GATE_JOBS)
 TAH_JOBS = ("tahplus", "alwaysthink")
-DECIDER_READS = ("middle_last", "all")  # see twohop_runs.decider_layers
+DECIDER_READS = ("middle_last", "all")  # see runs.decider_layers
 
-#: The gate, fixed before any TaH model is trained (issue 11). Accuracies in points on held-out
-#: test queries, every seed. History: the first version compared a 2x deeper model trained from
+#: The gate, fixed before any TaH model is trained, so that the TaH arms cannot shape the test
+#: of their own premise (the task must need depth that Standard lacks). Accuracies in points on
+#: held-out test queries, every seed. History: the first version compared a 2x deeper model trained from
 #: scratch with the shallow one; that deep model measured how long a model takes to learn its
 #: first lookup (see the module docstring), so it now grows from the base like every arm.
 GATE = {

@@ -40,7 +40,8 @@ Progress = Callable[[int], None]  # called with the number of steps just done
 
 @dataclass(frozen=True)
 class Shape:
-    """A Qwen3 decoder's size (the feasibility setting of issue 11 by default)."""
+    """A Qwen3 decoder's size (by default that of the first feasibility runs,
+    docs/repro-twohop/NOTES.md)."""
 
     layers: int = 2
     hidden: int = 64
