@@ -79,7 +79,7 @@ class TwoHopConfig:
     # The base learns two-hop queries written out (``gf x F(x) G(F(x))``, see TwoHopTask); every
     # arm is then fine-tuned and tested on the bare answer (``gf x G(F(x))``). Needs
     # task.separators. A base taught so guesses the intermediate F(x) at a bare two-hop answer.
-    # (false: the bare-answer base of the earlier study, docs/repro-twohop/4layer-bare-base/)
+    # (false: the bare-answer base of the earlier study, docs/repro-twohop/history/4layer-bare-base/)
     base_writes_intermediate: bool = True
     # 2 layers: one lookup, not two; the base grown to 4 does both (the gate, NOTES.md 9). The
     # earlier default, 4 (deep 8), composes once fine-tuned on the written/bare mix (NOTES.md 8).
