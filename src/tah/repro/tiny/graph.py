@@ -130,7 +130,7 @@ class _SeedGraph:
         self._write_recipes()
         self.base = str(self.sd / "base" / "final")
         self.labeller = str(labeller_dir(config, out, seed))
-        self.labeller_job = self.name("pretrain" if config.labeller == "base" else "standard")
+        self.labeller_step = "pretrain" if config.labeller == "base" else "standard"
         eval_args = [
             *("--temperature", "0", "--max-new-tokens", str(config.max_new_tokens)),
             *("--batch-size", str(config.eval_batch_size), "--device", "cpu"),
@@ -157,39 +157,17 @@ class _SeedGraph:
     def command_job(
         self, step: str, argv: list[str], deps: list[str], done: Any, cost: float, progress=None
     ) -> None:
-        deps = [self.name(d) for d in deps]
-        self.jobs.append(
-            Job(
-                self.name(step),
-                self.logs / f"{step}.log",
-                argv=argv,
-                deps=deps,
-                done=done,
-                progress=progress,
-                cost=cost,
-            )
-        )
+        self._add(step, deps, done, cost, argv=argv, progress=progress)
 
     def call(
-        self,
-        step: str,
-        func: Callable,
-        kwargs: dict[str, Any],
-        deps: list[str],
-        done: Path,
-        cost: float,
+        self, step: str, func: Callable, kwargs: dict, deps: list[str], done: Path, cost: float
     ) -> None:
+        self._add(step, deps, done, cost, call=(func, kwargs))
+
+    def _add(self, step: str, deps: list[str], done: Any, cost: float, **what: Any) -> None:
         deps = [self.name(d) for d in deps]
-        self.jobs.append(
-            Job(
-                self.name(step),
-                self.logs / f"{step}.log",
-                call=(func, kwargs),
-                deps=deps,
-                done=done,
-                cost=cost,
-            )
-        )
+        log = self.logs / f"{step}.log"
+        self.jobs.append(Job(self.name(step), log, deps=deps, done=done, cost=cost, **what))
 
     def train(self, key: str, deps: list[str], cost: float) -> None:
         recipe = self.recipes[key]
@@ -233,16 +211,8 @@ class _SeedGraph:
             argv = ["label", "--data", str(self.data / f"{split}.jsonl"), "--model", self.labeller]
             argv += ["--output", str(labels), "--think-token", "", "--batch-size", "64"]
             argv += ["--overwrite", "--no-progress"]
-            self.jobs.append(
-                Job(
-                    self.name(f"label_{split}"),
-                    self.logs / f"label_{split}.log",
-                    argv=argv,
-                    deps=[self.labeller_job],
-                    done=_LabelsDone(labels),
-                    cost=50.0,
-                )
-            )
+            done = _LabelsDone(labels)
+            self.command_job(f"label_{split}", argv, [self.labeller_step], done, 50.0)
         rows = {
             "labels_dir": str(sd / "labels" / "train"),
             "plain_rows": str(self.data / "ft_rows.jsonl"),
@@ -274,11 +244,10 @@ class _SeedGraph:
             self.evaluate(method.key, model, method.label, [method.final_job], [])
         # the same TaH weights under other routing: oracle (the labeller's greedy token vs the
         # model's depth-1 token decides, docs/method.md "Labelling") and depth 1 alone
-        labeller_step = self.labeller_job.split("/", 1)[1]
         for key, label in (("tah", "TaH"), ("tahplus", "TaH+")):
             final, stage2 = str(sd / f"{key}_stage2" / "final"), f"{key}_stage2"
             oracle = ["--backend", "oracle", "--reference", self.labeller]
-            deps = [stage2, labeller_step]
+            deps = [stage2, self.labeller_step]
             self.evaluate(f"{key}_oracle", final, f"{label} oracle", deps, oracle, cost=90.0)
             never = ["--decider", "never"]
             self.evaluate(f"{key}_depth1", final, f"{label} depth 1", [stage2], never)
