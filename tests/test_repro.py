@@ -508,3 +508,29 @@ def test_alwaysthink_rows_iterate_prompt_tokens_too(tmp_path):
             query_iter=query_iter,
         )
         assert data.examples([0])[0]["iter_labels"] == want
+
+
+def test_external_program_jobs_log_their_output_and_fail_loudly(tmp_path):
+    """run_external: a recipe's step that is its own program, its output in the job's log."""
+    import sys
+
+    from tah.repro.jobs import run_external
+
+    ok = [sys.executable, "-c", "print('hello from the step')"]
+    bad = [sys.executable, "-c", "import sys; print('about to fail'); sys.exit(3)"]
+    jobs = [
+        Job(
+            "ok",
+            tmp_path / "ok.log",
+            call=(run_external, {"argv": ok, "log": str(tmp_path / "ok.log")}),
+        ),
+        Job(
+            "bad",
+            tmp_path / "bad.log",
+            call=(run_external, {"argv": bad, "log": str(tmp_path / "bad.log")}),
+        ),
+    ]
+    with pytest.raises(JobFailed, match="exited with code 3") as info:
+        run_jobs(jobs, show_progress=False, in_process=True)
+    assert "hello from the step" in (tmp_path / "ok.log").read_text()
+    assert "about to fail" in str(info.value)  # the end of its log is quoted

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tah.errors import TaHError
     from tah.io import write_json
-    from tah.model.checkpoint import load_model
+    from tah.model.loading import load_model
 
     results: dict[str, Any] = {}
     try:

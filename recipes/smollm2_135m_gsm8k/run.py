@@ -27,6 +27,8 @@ Steps (dependencies in brackets):
 
 ``--jobs 2`` runs two steps at a time when their dependencies allow (CPU: each child gets
 ``--threads`` BLAS threads; on a shared 2-core machine one thread per process is fastest).
+Steps are scheduled by tah's own job runner (:mod:`tah.repro.jobs`, as ``tah repro``), each
+step's command run as its own process with its output in ``logs/<step>.log``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,7 +131,6 @@ class Step:
     deps: list[str]
     action: Callable[[], list[str] | None]  # a command to run, or None (done in-process)
     done: Callable[[], bool]
-    started: float | None = None
     seconds: float | None = None
     status: str = "pending"  # pending, running, done, skipped (already done), failed, blocked
     command: list[str] = field(default_factory=list)
@@ -145,7 +144,6 @@ class Pipeline:
         self.p = profile
         self.w = Path(args.workdir).resolve()
         self.logs = self.w / "logs"
-        self.lock = threading.Lock()
         self.steps: dict[str, Step] = {}
         self.base: str | None = None
         self.env = dict(os.environ)
@@ -428,6 +426,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ scheduling
     def run(self, only: list[str] | None, force: list[str]) -> int:
+        """Run the wanted steps through tah's job runner (tah.repro.jobs), in three phases:
+        a step's command line is built when its phase starts, so the phases follow what the
+        commands read: prepare (base.txt), then everything up to the tuned τ, then the
+        steps that use τ; the report last, whatever failed before it."""
         self.logs.mkdir(parents=True, exist_ok=True)
         wanted = set(self.steps) if not only else _with_deps(self.steps, only)
         for name in force:
@@ -437,11 +439,11 @@ class Pipeline:
         _log(f"workdir {self.w}; steps: {', '.join(n for n in self.steps if n in wanted)}")
         _log(f"{jobs} step(s) at a time; child threads: {self.env.get('OMP_NUM_THREADS', 'all')}")
         start = time.perf_counter()
-        workers = [threading.Thread(target=self._worker, args=(wanted, force)) for _ in range(jobs)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
+        for phase in PHASES:
+            names = [n for n in self.steps if n in wanted and _phase(n) == phase]
+            self._run_phase(names, force, jobs)
+        if "report" in wanted:
+            self._run_phase(["report"], force, 1)
         total = time.perf_counter() - start
         self._save_timings(total)
         failed = [s.name for s in self.steps.values() if s.status in ("failed", "blocked")]
@@ -450,69 +452,62 @@ class Pipeline:
             print(self.path("results.md").read_text())
         return 1 if failed else 0
 
-    def _next(self, wanted: set[str], force: list[str]) -> Step | None:
-        """The first pending step whose dependencies are done; None when nothing is left."""
-        while True:
-            with self.lock:
-                pending = [
-                    s for s in self.steps.values() if s.name in wanted and s.status == "pending"
-                ]
-                if not pending:
-                    return None
-                for s in pending:
-                    states = [self.steps[d].status for d in s.deps if d in wanted]
-                    if s.soft:
-                        states = ["done" if x in ("failed", "blocked") else x for x in states]
-                    if any(x in ("failed", "blocked") for x in states):
-                        s.status = "blocked"
-                        _log(f"{s.name}: blocked (a dependency failed)")
-                        continue
-                    if all(x in ("done", "skipped") for x in states):
-                        if s.name not in force and s.done():
-                            s.status = "skipped"
-                            _log(f"{s.name}: already done, skipped")
-                            continue
-                        s.status = "running"
-                        return s
-            time.sleep(2)
+    def _run_phase(self, names: list[str], force: list[str], workers: int) -> None:
+        from tah.repro.jobs import JobFailed, run_jobs
 
-    def _worker(self, wanted: set[str], force: list[str]) -> None:
-        while (step := self._next(wanted, force)) is not None:
-            step.started = time.perf_counter()
-            _log(f"{step.name}: started")
-            try:
-                ok = self._execute(step)
-            except BaseException as exc:  # keep the other lane running; report at the end
-                _log(f"{step.name}: {type(exc).__name__}: {exc}")
-                ok = False
-            step.seconds = time.perf_counter() - step.started
-            with self.lock:
-                step.status = "done" if ok else "failed"
-            log_hint = "" if ok else f" (log: {self.logs / (step.name + '.log')})"
-            _log(f"{step.name}: {step.status} in {step.seconds / 60:.1f} min{log_hint}")
+        ready = []
+        for name in names:
+            step = self.steps[name]
+            earlier = [d for d in step.deps if d not in names and d in self.steps]
+            bad = [d for d in earlier if self.steps[d].status in ("failed", "blocked")]
+            if bad and not step.soft:
+                step.status = "blocked"
+                _log(f"{name}: blocked (a dependency failed: {', '.join(bad)})")
+                continue
+            ready.append(name)
+        in_phase = [self._job(self.steps[n], ready, force) for n in ready]
+
+        def finished(result) -> None:
+            step = self.steps[result.name]
+            step.status = "skipped" if result.skipped else "done"
+            if not result.skipped:
+                step.seconds = result.wall_s
+            _log(f"{step.name}: {'already done, skipped' if result.skipped else 'done'}")
             self._save_timings(None)
 
-    def _execute(self, step: Step) -> bool:
-        command = step.action()
-        if command is None:
-            return True
-        step.command = command
-        with open(self.logs / f"{step.name}.log", "a", encoding="utf-8") as log:
-            log.write(f"$ {shlex.join(command)}\n")
-            log.flush()
-            proc = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
-            )
-        return proc.returncode == 0
+        # In this process when nothing runs beside it (prepare, report): no worker to start.
+        alone = len(in_phase) == 1 or workers == 1
+        try:
+            run_jobs(in_phase, workers=workers, threads=1, show_progress=False,
+                     on_finish=finished, in_process=alone)  # fmt: skip
+        except JobFailed as exc:
+            _log(str(exc).splitlines()[0])
+        for name in ready:
+            if self.steps[name].status == "pending":
+                self.steps[name].status = "failed"
+                _log(f"{name}: failed or not run (log: {self.logs / (name + '.log')})")
+
+    def _job(self, step: Step, phase: list[str], force: list[str]):
+        from tah.repro.jobs import Job, run_external
+
+        log = self.logs / f"{step.name}.log"
+        done = None if step.name in force or step.soft else _Done(step.done)
+        deps = [d for d in step.deps if d in phase]
+        if step.name == "prepare":  # done in this process (its phase runs alone)
+            return Job(step.name, log, call=(self._prepare, {}), deps=deps, done=done)
+        if done is not None and done.exists():  # skipped: no need to build its command
+            return Job(step.name, log, call=(_nothing, {}), deps=deps, done=done)
+        step.command = step.action()  # built now: it may read what earlier phases wrote
+        kwargs = {"argv": step.command, "env": self.env, "cwd": str(REPO), "log": str(log)}
+        return Job(step.name, log, call=(run_external, kwargs), deps=deps, done=done)
 
     def _save_timings(self, total: float | None) -> None:
         from tah.io import write_json
 
-        with self.lock:
-            data = {
-                name: {"status": s.status, "seconds": s.seconds, "command": shlex.join(s.command)}
-                for name, s in self.steps.items()
-            }
+        data = {
+            name: {"status": s.status, "seconds": s.seconds, "command": shlex.join(s.command)}
+            for name, s in self.steps.items()
+        }
         previous = {}
         if self.path("timings.json").is_file():
             previous = json.loads(self.path("timings.json").read_text())
@@ -612,6 +607,30 @@ def _gsm8k_metrics(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- helpers
+# The steps whose command lines read the tuned τ run after it; prepare writes base.txt first.
+PHASES = ("prepare", "main", "after_tau")
+
+
+def _phase(name: str) -> str:
+    if name in ("prepare", "report"):  # the report has a phase of its own, last
+        return name
+    return "after_tau" if name in ("eval_tah", "heldout_loss") else "main"
+
+
+class _Done:
+    """A step's "finished" test in the shape the job runner asks for (``exists()``)."""
+
+    def __init__(self, test: Callable[[], bool]) -> None:
+        self.test = test
+
+    def exists(self) -> bool:
+        return bool(self.test())
+
+
+def _nothing() -> None:
+    return None
+
+
 def _labels_complete(directory: Path) -> bool:
     meta = directory / "tah_labels.json"
     return meta.is_file() and bool(json.loads(meta.read_text()).get("complete"))

@@ -21,6 +21,8 @@ import contextlib
 import multiprocessing as mp
 import os
 import resource
+import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -31,7 +33,7 @@ from typing import Any
 
 from tah.errors import TaHError
 
-__all__ = ["Job", "JobFailed", "JobResult", "run_jobs"]
+__all__ = ["Job", "JobFailed", "JobResult", "run_external", "run_jobs"]
 
 ProgressFn = Callable[[], tuple[float, float] | None]
 
@@ -70,7 +72,13 @@ class Job:
         if self.argv is not None:
             return f"$ tah {' '.join(self.argv)}"
         func, kwargs = self.call
-        return f"# {func.__module__}:{func.__qualname__}({kwargs})"
+        shown = ", ".join(f"{k}={_shorten(repr(v))}" for k, v in kwargs.items())
+        return f"# {func.__module__}:{func.__qualname__}({shown})"
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    """A value as a log line shows it: long ones (an environment, a config) cut short."""
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
 @dataclass
@@ -181,6 +189,24 @@ def _execute(
         if rc and not error:
             error = f"exit code {rc}"
     return rc, time.perf_counter() - start, _cpu_seconds() - cpu, value, error
+
+
+def run_external(
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    log: str | None = None,
+) -> list[str]:
+    """A job that is its own program (a recipe's script, ``python -m tah ...`` under other
+    environment variables), its output appended to ``log`` (else this process's output);
+    raises if it fails."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "a", encoding="utf-8")) if log else sys.stdout
+        print(f"$ {shlex.join(argv)}", file=out, flush=True)
+        code = subprocess.run(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if code.returncode:
+        raise TaHError(f"{shlex.join(argv[:3])} ... exited with code {code.returncode}")
+    return list(argv)
 
 
 # ------------------------------------------------------------------ the parent side
