@@ -267,14 +267,15 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             "invalid_value",
             "stop",
         )
+    fits = _SizeCheck(state)
     if chat:
-        ids = _chat_ids(tok, p)  # type: ignore[arg-type]
+        ids = _chat_ids(tok, p, fits)  # type: ignore[arg-type]
     else:
         if p.suffix:  # type: ignore[union-attr]
             raise APIError(400, "suffix is not supported", "unsupported", "suffix")
         if p.echo and p.stream:  # type: ignore[union-attr]
             raise APIError(400, "echo is not supported with stream", "unsupported", "echo")
-        ids = _prompt_ids(tok, p.prompt)  # type: ignore[union-attr]
+        ids = _prompt_ids(tok, p.prompt, fits)  # type: ignore[union-attr]
     max_tokens = p.max_tokens
     if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
         max_tokens = p.max_completion_tokens  # type: ignore[union-attr]
@@ -345,7 +346,25 @@ def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
     return top
 
 
-def _prompt_ids(tok, prompt) -> list[int]:
+class _SizeCheck:
+    """Refuses, before tokenizing, a text whose token count surely reaches the context."""
+
+    def __init__(self, state) -> None:
+        self.floor = getattr(state, "token_floor", None)
+        self.max_len = state.engine.max_len
+
+    def __call__(self, text: str) -> None:
+        least = self.floor.floor(text) if self.floor is not None else 0
+        if least >= self.max_len:
+            raise APIError(
+                400,
+                f"prompt of {len(text)} characters is at least {least} tokens, beyond the "
+                f"context of {self.max_len} tokens",
+                "context_length_exceeded",
+            )
+
+
+def _prompt_ids(tok, prompt, fits) -> list[int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
@@ -353,6 +372,7 @@ def _prompt_ids(tok, prompt) -> list[int]:
             raise APIError(
                 400, "this model has no tokenizer: send the prompt as token ids", "no_tokenizer"
             )
+        fits(prompt)
         return list(tok.encode(prompt))
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
         return list(prompt)
@@ -364,7 +384,7 @@ def _prompt_ids(tok, prompt) -> list[int]:
     )
 
 
-def _chat_ids(tok, p: ChatBody) -> list[int]:
+def _chat_ids(tok, p: ChatBody, fits) -> list[int]:
     if tok is None or not getattr(tok, "chat_template", None):
         raise APIError(
             400, "this model has no chat template: use /v1/completions", "no_chat_template"
@@ -385,6 +405,7 @@ def _chat_ids(tok, p: ChatBody) -> list[int]:
         raise APIError(
             400, f"cannot apply the chat template: {exc}", "invalid_value", "messages"
         ) from None
+    fits(text)
     return list(tok.encode(text, add_special_tokens=False))
 
 

@@ -14,6 +14,10 @@ to OpenAI JSON / server-sent events, plus the TaH extras:
   ``top_logprobs`` / ``echo`` and ``tah_decider_probs`` (``tah.engine.trace`` records them,
   ``tah.engine.extras`` formats them); the playground page at ``/`` (``playground.py``).
 
+A request's prompt is tokenized in a worker thread, never on the event loop, and a prompt
+whose size alone proves it cannot fit the context is refused before tokenizing
+(``prompt_bound.py``), so a flood of megabyte prompts does not hold up other clients.
+
 Robustness: every error, from bad JSON to an unknown route, is a 4xx with an OpenAI-style
 ``{"error": {...}}`` body (:func:`~tah.engine.protocol.install_error_handlers`). A body is read
 (within ``body_timeout`` seconds, at most ``max_request_bytes``) *before* the request takes one
@@ -32,6 +36,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,6 +48,7 @@ from tah.engine.detokenize import IncrementalDecoder
 from tah.engine.engine import Engine
 from tah.engine.extras import RunExtras
 from tah.engine.playground import add_playground
+from tah.engine.prompt_bound import TokenFloor
 from tah.engine.protocol import (
     APIError,
     error_response,
@@ -59,6 +65,9 @@ from tah.errors import TaHError
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.5
+# Threads that validate and tokenize request bodies (the tokenizer releases the GIL). Bodies
+# over LARGE_BODY_BYTES get threads of their own, so short prompts never queue behind them.
+PREPARE_THREADS, LARGE_PREPARE_THREADS, LARGE_BODY_BYTES = 4, 2, 64 << 10
 # uvicorn's own cut-off comes this long after ours, so aborted requests can still answer.
 SHUTDOWN_GRACE_S = 5.0
 
@@ -76,6 +85,11 @@ class ServerState:
     ) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.token_floor = TokenFloor(engine.tokenizer)
+        self.preparers = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="tah-prepare")
+        self.large_preparers = ThreadPoolExecutor(
+            LARGE_PREPARE_THREADS, thread_name_prefix="tah-prepare-large"
+        )
         self.model_name = model_name
         self.max_concurrency = max_concurrency
         self.max_request_bytes = max_request_bytes
@@ -145,6 +159,8 @@ def create_app(
         finally:
             await state.drain()
             engine.stop()
+            for pool in (state.preparers, state.large_preparers):
+                pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tah", lifespan=lifespan)
     app.state.tah = state
@@ -212,7 +228,11 @@ async def _handle(state: ServerState, request: Request, chat: bool):
     run, handed_off = None, False
     try:
         parsed = parse_body(body, chat)
-        prompt_ids, params = prepare(state, parsed, chat)
+        # off the event loop: tokenizing a long prompt takes seconds, and every other
+        # client (streams, /health) would wait for it
+        pool = state.large_preparers if len(raw) > LARGE_BODY_BYTES else state.preparers
+        loop = asyncio.get_running_loop()
+        prompt_ids, params = await loop.run_in_executor(pool, prepare, state, parsed, chat)
         stop = [parsed.stop] if isinstance(parsed.stop, str) else list(parsed.stop or [])
         run = _Run(state, prompt_ids, params, stop, chat, parsed)
         run.submit()
