@@ -38,6 +38,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -263,7 +264,11 @@ class _Run:
             chat,
         )
         self.include_usage = bool((body.stream_options or {}).get("include_usage"))
-        self.echo = bool(getattr(body, "echo", False))
+        self.echo = not chat and bool(body.echo)
+        # echo with max_tokens 0 scores the prompt alone: the engine draws one token (it
+        # must draw one to score the prompt), which the client never sees
+        self.score_only = self.echo and body.max_tokens == 0
+        self.echoed = False  # the echo chunk of a stream is sent
         self.extras = RunExtras()  # logprobs, decider probabilities, echo (extras.py)
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -329,6 +334,41 @@ class _Run:
             except asyncio.TimeoutError:
                 continue
 
+    def _shape(self, event: TokenEvent) -> TokenEvent:
+        """The event as the client sees it. A scoring request (echo, max_tokens 0) gets its
+        prompt's logprobs and no generated token; the stop token that ended an answer
+        (``<|im_end|>``, a ``stop_token_ids`` one) is not part of it: not in the text, the
+        logprobs or ``completion_tokens``, as in OpenAI's API."""
+        if self.score_only:
+            kept = event.finished and event.finish_reason in ("error", "abort")
+            self.abort()
+            return replace(
+                event,
+                token_ids=[],
+                iter_counts=[],
+                logprobs=None,
+                decider_probs=None,
+                decider_thresholds=None,
+                finished=True,
+                finish_reason=event.finish_reason if kept else "length",
+            )
+        stops = self.req.stop_ids if self.req is not None else ()
+        ended = event.finished and event.finish_reason == "stop" and event.token_ids
+        if not ended or event.token_ids[-1] not in stops:
+            return event
+
+        def drop_last(per_token: list | None) -> list | None:
+            return per_token[:-1] if per_token else per_token
+
+        return replace(
+            event,
+            token_ids=event.token_ids[:-1],
+            iter_counts=event.iter_counts[:-1],
+            logprobs=drop_last(event.logprobs),
+            decider_probs=drop_last(event.decider_probs),
+            decider_thresholds=drop_last(event.decider_thresholds),
+        )
+
     def _absorb(self, event: TokenEvent) -> str:
         """Take an event's tokens; return the newly visible text (stop strings applied)."""
         self.token_ids.extend(event.token_ids)
@@ -391,7 +431,7 @@ class _Run:
                 if event is None:
                     self.abort()
                     raise APIError(499, "client disconnected", "client_disconnected")
-                self._absorb(event)
+                self._absorb(self._shape(event))
         finally:
             self.abort()
         if self.finish_reason == "error":
@@ -465,6 +505,14 @@ class _Run:
             "choices": [choice],
         }
 
+    def _echo_chunk(self) -> dict[str, Any]:
+        chunk = self._chunk(self.extras.echo_text(self), [], [])
+        choice = chunk["choices"][0]
+        choice["logprobs"] = self.extras.echo_logprobs(self)
+        if self.extras.prompt_iter_counts is not None:
+            choice["tah"]["prompt_iter_counts"] = self.extras.prompt_iter_counts
+        return chunk
+
     async def sse(self, request: Request) -> AsyncIterator[str]:
         try:
             if self.chat:
@@ -473,7 +521,11 @@ class _Run:
                 event = await self._next(request)
                 if event is None:
                     return
+                event = self._shape(event)
                 text = self._absorb(event)
+                if self.echo and not self.echoed:  # the prompt first (its logprobs came now)
+                    self.echoed = True
+                    yield sse_event(self._echo_chunk())
                 if self.finish_reason == "error":
                     message = f"generation failed: {self.error}"
                     yield sse_event(
