@@ -74,7 +74,25 @@ def configure(args: argparse.Namespace, make_preset, full: str) -> tuple[Any, st
     return config, args.output or (f"{name}-quick" if args.quick else name)
 
 
+def workers_text(config: Any) -> str:
+    workers = f"{config.workers} worker{'s' if config.workers != 1 else ''}"
+    return f"{workers} x {config.threads} thread{'s' if config.threads != 1 else ''}"
+
+
+def silence_transformers_progress() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers, here and in the
+    worker processes (they read the environment variable when they import it)."""
+    import os
+
+    from transformers.utils import logging as hf_logging
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.no_progress:
+        silence_transformers_progress()
     if args.scale == "twohop":
         from tah.cli.repro_twohop import run_twohop
         from tah.repro.twohop import preset as twohop_preset
@@ -97,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(
         f"[bold]tah repro tiny[/] ({config.preset}): seeds {config.seeds}, "
-        f"{config.workers} workers x {config.threads} thread(s) → {output}"
+        f"{workers_text(config)} → {output}"
     )
     results = run_repro(config, output, show_progress=not args.no_progress)
     console.print(rich_table(results))
