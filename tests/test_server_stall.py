@@ -14,11 +14,11 @@ import socket
 import threading
 import time
 from importlib.resources import files
-from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import QWEN3_SKIP, QWEN3_TOKENIZER
 from tah import TaHForCausalLM
 from tah.engine.engine import Engine
 from tah.engine.prompt_bound import TokenFloor
@@ -175,7 +175,6 @@ def test_tokenizing_runs_off_the_event_loop(bundled, monkeypatch):
 
 
 # ---------------------------------------------------------------------- the bound is safe
-SHARED_QWEN3 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "qwen3"
 PIECES = [
     "Tom has 17 apples. ",
     "  ",
@@ -215,13 +214,11 @@ def test_floor_is_a_lower_bound_for_the_bundled_tokenizer(bundled):
 
 
 @pytest.mark.slow  # loading the 150k-token tokenizer takes ~10 s here
-@pytest.mark.skipif(
-    not SHARED_QWEN3.is_dir(), reason="the real Qwen3 tokenizer (../shared) is absent"
-)
+@pytest.mark.skipif(not QWEN3_TOKENIZER.is_dir(), reason=QWEN3_SKIP)
 def test_floor_is_a_lower_bound_for_qwen3_with_its_normalizer():
     from transformers import AutoTokenizer
 
-    check_floor_never_exceeds_the_count(AutoTokenizer.from_pretrained(str(SHARED_QWEN3)))
+    check_floor_never_exceeds_the_count(AutoTokenizer.from_pretrained(str(QWEN3_TOKENIZER)))
 
 
 def test_tokenizers_without_a_certain_bound_get_none():
