@@ -1,7 +1,7 @@
 """``tah repro tiny``: the paper's whole pipeline at laptop scale (see :mod:`tah.repro.tiny`).
 
     tah repro tiny                 # the reported table: 3 seeds, ~45-55 min on 2 idle cores
-    tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min of CPU
+    tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min on idle cores
     tah repro tiny --set finetune_steps=600 --set threshold=0.7 --output runs/repro-b
     tah repro twohop               # the depth-bound study (see tah.repro.twohop)
 
