@@ -153,7 +153,7 @@ def test_huge_prompts_are_refused_by_size_without_stalling_others(bundled):
 
 
 def test_tokenizing_runs_off_the_event_loop(bundled, monkeypatch):
-    """A tokenizer with no size bound that takes 0.8 s per long prompt: the other clients
+    """A tokenizer with no size bound that takes 0.5 s per long prompt: the other clients
     must not wait for it."""
     with Live(bundled) as live:
         state = live.app.state.tah
@@ -163,7 +163,7 @@ def test_tokenizing_runs_off_the_event_loop(bundled, monkeypatch):
 
         def slow_encode(text, *args, **kwargs):
             if len(text) > 10_000:
-                time.sleep(0.8)  # releases the GIL, as the real tokenizer does
+                time.sleep(0.5)  # releases the GIL, as the real tokenizer does
                 return list(range(600))
             return encode(text, *args, **kwargs)
 

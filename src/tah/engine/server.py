@@ -6,7 +6,8 @@ module only translates requests to :class:`~tah.engine.engine.Engine` requests a
 to OpenAI JSON / server-sent events, plus the TaH extras:
 
 * request fields ``tah_threshold`` (decider threshold for this request) and ``max_iter`` (cap
-  on its depth; 1 = the plain model), and the usual ``top_k`` / ``min_p`` / ``seed``;
+  on its depth; 1 = the plain model; deeper than the model is a 400, never a silent clamp),
+  and the usual ``top_k`` / ``min_p`` / ``seed``;
 * ``usage`` adds ``total_iterations`` (passes run for the completion tokens), ``avg_depth``
   and ``iterated_tokens``; every choice / chunk carries ``tah.token_ids`` and
   ``tah.iter_counts``;
