@@ -74,11 +74,6 @@ def configure(args: argparse.Namespace, make_preset, full: str) -> tuple[Any, st
     return config, args.output or (f"{name}-quick" if args.quick else name)
 
 
-def workers_text(config: Any) -> str:
-    workers = f"{config.workers} worker{'s' if config.workers != 1 else ''}"
-    return f"{workers} x {config.threads} thread{'s' if config.threads != 1 else ''}"
-
-
 def silence_transformers_progress() -> None:
     """No "Loading weights" / "Writing model shards" bars from transformers, here and in the
     worker processes (they read the environment variable when they import it)."""
@@ -109,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config, output = configured
 
+    from tah.cli.render import workers_text
     from tah.repro.report import rich_table
     from tah.repro.tiny import run_repro
 

@@ -19,7 +19,7 @@ from tah.errors import ConfigError
 def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
     from rich.console import Console
 
-    from tah.cli.repro import workers_text
+    from tah.cli.render import workers_text
     from tah.repro.twohop import run_study
 
     if getattr(args, "export_method", "tahplus") != "tahplus":
