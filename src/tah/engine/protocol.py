@@ -308,22 +308,8 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
         if p.suffix:  # type: ignore[union-attr]
             raise APIError(400, "suffix is not supported", "unsupported", "suffix")
         ids = _prompt_ids(tok, p.prompt, fits)  # type: ignore[union-attr]
-    max_tokens = p.max_tokens
-    if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
-        max_tokens = p.max_completion_tokens  # type: ignore[union-attr]
-    if max_tokens is None:
-        max_tokens = 16 if not chat else max(engine.max_len - len(ids), 1)
     echo = not chat and bool(p.echo)
-    if max_tokens == 0 and echo:
-        max_tokens = 1  # scoring the prompt alone: the one token drawn is not returned
-    elif max_tokens < 1:
-        hint = " (0 only with echo, to score the prompt alone)" if not chat else ""
-        raise APIError(
-            400,
-            f"max_tokens must be >= 1{hint}, got {max_tokens}",
-            "invalid_value",
-            "max_tokens",
-        )
+    max_tokens = _max_tokens(p, chat, echo, engine.max_len - len(ids))
     if p.max_iter is not None and p.max_iter > engine.max_iter:
         raise APIError(
             400,
@@ -367,6 +353,24 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             400, f"prompt of {len(ids)} tokens exceeds the context", "context_length_exceeded"
         )
     return ids, params
+
+
+def _max_tokens(p: CompletionBody | ChatBody, chat: bool, echo: bool, room: int) -> int:
+    """The engine's max_tokens: OpenAI's default (16, or for chat the room the prompt leaves);
+    0 with echo scores the prompt alone (the one token the engine draws is not returned)."""
+    max_tokens = p.max_tokens
+    if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
+        max_tokens = p.max_completion_tokens  # type: ignore[union-attr]
+    if max_tokens is None:
+        return 16 if not chat else max(room, 1)
+    if max_tokens == 0 and echo:
+        return 1
+    if max_tokens < 1:
+        hint = " (0 only with echo, to score the prompt alone)" if not chat else ""
+        raise APIError(
+            400, f"max_tokens must be >= 1{hint}, got {max_tokens}", "invalid_value", "max_tokens"
+        )
+    return max_tokens
 
 
 def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
