@@ -159,3 +159,17 @@ def test_models_the_engine_cannot_run_fall_back_to_core(plain_path, tmp_path, ca
         _backend("tah", tah, "engine", decider="label")
     with pytest.raises(ConfigError, match="generator='fast'"):
         _backend("hf", plain_path, "fast")
+
+
+def test_a_stream_left_early_leaves_no_work_behind(bundled):
+    """A worker that stops reading (orphaned, an error) must not leave queued requests that
+    the next call would run and mix in."""
+    engine, _ = bundled
+    items = _items(4)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    before = _answers(_run(engine, items, 2, params))
+    prompts = [render_prompt(engine.tokenizer, it["question"]) for it in items]
+    stream = engine.stream(prompts, params, [0] * 4, [12] * 4, 2)
+    next(stream)
+    stream.close()
+    assert _answers(_run(engine, items, 2, params)) == before

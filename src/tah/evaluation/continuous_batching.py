@@ -126,23 +126,29 @@ class EngineGenerator:
         busy = [0.0] * len(requests)  # each row's share of the step times it was in flight
         next_waiting = 0  # requests are admitted in order: those before this one started
         running: list[Any] = []
-        while running or next_waiting < len(requests):
-            start = time.perf_counter()
-            engine.step()
-            elapsed = time.perf_counter() - start
-            while next_waiting < len(requests) and requests[next_waiting].state != WAITING:
-                running.append(requests[next_waiting])
-                next_waiting += 1
-            for req in running:
-                busy[index[id(req)]] += elapsed / len(running)
-            still = []
-            for req in running:
-                if req.finished:
-                    i = index[id(req)]
-                    yield i, self._generation(req, busy[i])
-                else:
-                    still.append(req)
-            running = still
+        done = False
+        try:
+            while running or next_waiting < len(requests):
+                start = time.perf_counter()
+                engine.step()
+                elapsed = time.perf_counter() - start
+                while next_waiting < len(requests) and requests[next_waiting].state != WAITING:
+                    running.append(requests[next_waiting])
+                    next_waiting += 1
+                for req in running:
+                    busy[index[id(req)]] += elapsed / len(running)
+                still = []
+                for req in running:
+                    if req.finished:
+                        i = index[id(req)]
+                        yield i, self._generation(req, busy[i])
+                    else:
+                        still.append(req)
+                running = still
+            done = True
+        finally:
+            if not done:  # left early (an error, a consumer that stopped): drop the queued work
+                self.engine = None
 
     def _generation(self, req: Any, seconds: float) -> Generation:
         if req.finish_reason not in ("stop", "length"):
