@@ -172,4 +172,6 @@ def test_a_stream_left_early_leaves_no_work_behind(bundled):
     stream = engine.stream(prompts, params, [0] * 4, [12] * 4, 2)
     next(stream)
     stream.close()
+    left = engine.engine_gen.engine
+    assert left is None or not left.has_work()
     assert _answers(_run(engine, items, 2, params)) == before
