@@ -93,11 +93,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="token budget per answer (less where the prompt leaves less of the context)",
     )
 
+    _add_execution_arguments(parser)
+
+
+def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the evaluation runs, and where its results go."""
     g = parser.add_argument_group("execution")
     g.add_argument("--jobs", type=int, default=1, help="worker processes")
     g.add_argument("--devices", default=None, help="comma list, one per worker (cuda:0,cuda:1)")
     add_load_arguments(g, device_help="device for --jobs 1 (auto, cpu, cuda:0 ...)")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="sequences in flight (engine: a finished one's row takes the next prompt at once) "
+        "or prompts per generate call",
+    )
     g.add_argument(
         "--grade-timeout", type=float, default=10.0, help="seconds per sample for grading"
     )
@@ -113,8 +124,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="backend-specific option, repeatable (softthink: soft_scope, soft_topk; "
-        "vllm: tensor_parallel_size; scripted: delay_s)",
+        help="backend-specific option, repeatable (hf, tah: generator=auto|engine|core, "
+        "auto = the engine with continuous batching where it runs the model; softthink: "
+        "soft_scope, soft_topk; vllm: tensor_parallel_size; scripted: delay_s)",
     )
     g.add_argument(
         "--trust-remote-code", action="store_true", help="let transformers run the model's own code"
