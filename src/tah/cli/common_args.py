@@ -9,6 +9,7 @@ from typing import Any
 Adder = argparse.ArgumentParser | argparse._ArgumentGroup
 
 __all__ = [
+    "add_overrides_argument",
     "add_iter_budget_argument",
     "add_load_arguments",
     "add_records_arguments",
@@ -75,3 +76,10 @@ def add_run_arguments(parser: Adder, overwrite_help: str, **output: Any) -> None
         parser.add_argument("--output", **output)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_overrides_argument(parser: Adder, help: str) -> None:
+    """--set KEY=VALUE, repeatable, collected in ``args.overrides`` (recipes, study settings)."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tah.cli.common_args import add_overrides_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -27,14 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output", default=None, help="run folder (default runs/repro-tiny[-quick])"
     )
     parser.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting of the study (tiny: tah.repro.tiny.config.ReproConfig, twohop: "
-        "tah.repro.twohop.config.TwoHopConfig; --show-config lists them), e.g. --set finetune_steps=600",
+    add_overrides_argument(
+        parser,
+        "override a setting of the study (tiny: tah.repro.tiny.config.ReproConfig, twohop: "
+        "tah.repro.twohop.config.TwoHopConfig; --show-config lists them), e.g. --set "
+        "finetune_steps=600",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel steps (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

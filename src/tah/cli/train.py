@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 
+from tah.cli.common_args import add_overrides_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="YAML recipe (see recipes/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set optim.lr=1e-4 --set train.max_steps=10",
+    add_overrides_argument(
+        parser, "override a recipe value, e.g. --set optim.lr=1e-4 --set train.max_steps=10"
     )
     parser.add_argument(
         "--resume",
