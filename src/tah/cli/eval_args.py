@@ -152,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from tah.evaluation.backends import BackendOptions
     from tah.evaluation.datasets import parse_dataset_list
     from tah.evaluation.runner import EvalConfig
-    from tah.evaluation.sampling import SamplingParams
+    from tah.model.sampling import SamplingParams
 
     if not args.model:
         if args.backend == "scripted":
@@ -186,7 +186,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         top_p=args.top_p,
         top_k=args.top_k,
         min_p=args.min_p,
-        max_new_tokens=args.max_new_tokens,
+        max_tokens=args.max_new_tokens,
     )
     thinking = {"default": None, "on": True, "off": False}[args.thinking]
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
