@@ -146,3 +146,20 @@ def test_sampled_tokens_follow_the_core_distribution(sampled_pairs):
             observed.append(torch.bincount(torch.tensor(seconds), minlength=vocab))
             expected.append(probs * len(seconds))
         assert _chi_square_p(torch.cat(observed), torch.cat(expected)) > P_MIN, spec
+
+
+def test_tah_eval_backend_option_sets_the_switch():
+    from tah.errors import ConfigError
+    from tah.evaluation.backends import BackendOptions, make_backend
+    from tah.model.loading import bundled_model_path
+
+    def backend(mode: str):
+        extra = {"generator": "engine", "speculate_depth1": mode}
+        return make_backend(
+            "tah", str(bundled_model_path()), BackendOptions(device="cpu", extra=extra)
+        )
+
+    with pytest.raises(ConfigError, match="speculate_depth1"):
+        backend("sometimes")
+    engine = backend("off").engine_gen.make_engine(1, 8)
+    assert engine.speculate_mode == "off" and not engine.speculate

@@ -87,7 +87,7 @@ class Engine(RowLifecycle):
         tokenizer: Any = None,
         model_name: str = "tah",
         compile_mode: str | None = None,
-        speculate_depth1: str = "greedy",
+        speculate_depth1: str | bool = "greedy",
     ) -> None:
         from tah.model.wrapper import soft_embedding
 
@@ -118,6 +118,8 @@ class Engine(RowLifecycle):
         )
         self.decider_topk = int(getattr(self.decider, "needs_topk", 0) or 0)
         # While a token runs deeper, run depth 1 of its likely successor alongside (speculate.py).
+        if isinstance(speculate_depth1, bool):  # on = the default mode
+            speculate_depth1 = "greedy" if speculate_depth1 else "off"
         if speculate_depth1 not in SPECULATE_MODES:
             raise ConfigError(
                 f"speculate_depth1 must be one of {SPECULATE_MODES}, got {speculate_depth1!r}"
