@@ -15,14 +15,18 @@ One :meth:`Engine.step`:
    deeper last step, and the next chunk of prompt tokens. They share the matrix products;
    attention is per block, duo-causal for deep tokens, which are gathered, so depth 2 never
    runs over the whole batch, and a token that thinks again costs its row one more step
-   instead of a second pass that stalls every other row;
+   instead of a second pass that stalls every other row; with ``speculate_depth1`` that step
+   also runs depth 1 of a draft of the row's next token (``speculate.py``), which usually
+   wins the step back;
 3. run the decider on every token that may continue and sample the rows whose token is final,
    on the device; the host synchronises once per step (decisions and greedy tokens together,
    once more only when a request samples), never per layer or per depth;
 4. stream the new tokens to each request's callback and free the rows of finished requests.
 
-The semantics are exactly the core's (METHOD.md A.2-A.10); ``tests/test_engine_*.py`` prove
-greedy tokens and per-token iteration counts equal to ``TaHForCausalLM.generate``.
+The semantics are exactly the core's (METHOD.md A.2-A.10), with the rules they share
+(sampling, the decider's rule, duo-causal visibility) imported from ``tah.model``;
+``tests/test_engine_*.py`` prove greedy tokens and per-token iteration counts equal to
+``TaHForCausalLM.generate``.
 """
 
 from __future__ import annotations
