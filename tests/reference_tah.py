@@ -1,7 +1,7 @@
 """An independent, brute-force TaH forward for tests.
 
 Explicit Python loops over depths, layers, tokens, heads and visible entries, written from the
-method's definition (METHOD.md A.2, A.7) using only the wrapped model's weights. It shares no
+method's definition (docs/method.md §1, §6) using only the wrapped model's weights. It shares no
 code with tah.model's packing, masks or key/value store.
 """
 

@@ -1,4 +1,4 @@
-"""Checkpoints: our layout round-trips; the published layout (METHOD.md appendix K) loads."""
+"""Checkpoints: our layout round-trips; the published layout (docs/method.md §12) loads."""
 
 from __future__ import annotations
 

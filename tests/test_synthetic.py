@@ -135,7 +135,7 @@ def test_math_verify_grades_outputs_as_intended():
     from latex2sympy2_extended import NormalizationConfig
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    # The evaluation's model-output config (METHOD D.6): boxed first, first-match extraction.
+    # The evaluation's model-output config (docs/method.md §11): boxed first, first-match extraction.
     pred_config = [
         LatexExtractionConfig(
             normalization_config=NormalizationConfig(

@@ -134,7 +134,7 @@ def test_stage2_refuses_gradient_checkpointing_and_pos_weight_is_auto(tmp_path, 
     result = train(stage2_recipe(tmp_path, stage1_ckpt, steps=1), overwrite=True)
     lines = (result.output_dir / "train_log.jsonl").read_text().splitlines()
     start = [json.loads(line) for line in lines]
-    # rows without a supervised hard token are dropped (METHOD.md B.4) before counting
+    # rows without a supervised hard token are dropped (docs/method.md §8) before counting
     rows = [
         r for r in chain_rows(64, seed=3) if any(m * k for m, k in zip(r["mismatch"], r["mask"]))
     ]

@@ -3,7 +3,7 @@
 They are imported only when asked for; when the package is missing the user gets a
 :class:`~tah.errors.ConfigError` that says so and points at ``--backend hf``. Both refuse a
 TaH checkpoint: they would load its base weights and silently drop the iterations (LoRA and
-decider), which is how the reference evaluator produced misleading numbers (METHOD.md H.16).
+decider), which is how the reference evaluator produced misleading numbers (docs/method.md §11).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class VLLMBackend(Backend):
 
 
 class SGLangBackend(Backend):
-    """SGLang for plain checkpoints (refuses TaH checkpoints, see METHOD.md H.16)."""
+    """SGLang for plain checkpoints (refuses TaH checkpoints, see docs/method.md §11)."""
 
     name = "sglang"
 
