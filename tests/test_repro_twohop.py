@@ -280,6 +280,7 @@ def test_deepen_keeps_the_function_and_doubles_the_depth(tied):
 
 def test_quick_study_end_to_end_and_resume(tmp_path):
     from tah.repro.twohop import preset, run_study
+    from tah.repro.twohop_config import BARE_JOBS
 
     config = preset("quick")
     results = run_study(config, tmp_path, show_progress=False)
@@ -316,7 +317,15 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         "tahplus_vs_standard",
         "tahplus_vs_wide",
         "tahplus_vs_alwaysthink",
+        *(f"tahplus_vs_{arm}" for arm in BARE_JOBS),
     }
+    # the format-fair controls (issue 23): bare rows only, the mixed arm's shape
+    for arm in BARE_JOBS:
+        assert 0.0 <= row[arm]["accuracy"]["gf"] <= 1.0
+        assert saved["aggregate"][arm]["two_hop"]["n"] == 1
+    assert row["alwaysthink_bare"]["share_tokens_iterating"] == 1.0
+    assert row["wide_bare"]["parameters"] == row["wide"]["parameters"]
+    assert row["deep_bare"]["parameters"] == saved["gate_runs"]["0"]["deep"]["parameters"]
     assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
     split = row["two_hop_by_base_outcome"]
     assert (
@@ -338,7 +347,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert "exploratory" not in markdown(stopped)
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
-    assert len(stamp) == 8
+    assert len(stamp) == 8 + len(BARE_JOBS)
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
     # The same verdict over the same jobs keeps the time it was first recorded.

@@ -17,7 +17,14 @@ import torch
 
 from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop_config import GATE, TAH_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop_config import (
+    BARE_SUFFIX,
+    GATE,
+    TAH_JOBS,
+    TwoHopConfig,
+    job_dir,
+    mixed_arm,
+)
 from tah.repro.twohop_runs import (
     Predictions,
     Shape,
@@ -354,17 +361,21 @@ def _finetune_job(
     for p in labeller.parameters():
         p.requires_grad_(False)
     steps = cfg.finetune_steps * (2 if name == "standard2x" else 1)
+    # A ``_bare`` arm: the same arm on the same stream with no written-out rows in its batches.
+    bare = name.endswith(BARE_SUFFIX)
+    name = mixed_arm(name)
     settings = TrainSettings(
         steps=steps,
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, FINETUNE_STREAM),
-        written_per_batch=cfg.written_per_batch,
+        written_per_batch=0 if bare else cfg.written_per_batch,
     )
     test_batches = eval_batches(task, cfg.test_problems, TEST_SEED)
     total = steps + (cfg.decider_steps if name == "tahplus" else 0)
     report = _Reporter(where / "progress.json", total)
     result: dict[str, Any] = {"kind": "finetune", "steps": steps}
+    result["written_per_batch"] = settings.written_per_batch
     if name in TAH_JOBS:
         state = json.loads((out / "results.json").read_text(encoding="utf-8"))
         result["gate_when_trained"] = {  # the verdict on record when this arm started

@@ -10,10 +10,13 @@ from typing import Any
 from tah.data.twohop import TWO_HOP
 from tah.repro.stats import mcnemar as mcnemar_p
 from tah.repro.stats import mean_std as mean_and_std
+from tah.repro.twohop_config import BARE_JOBS
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
 TAH_ARMS = ("alwaysthink", "tahplus")
 COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
+# The format-fair controls (issue 23), where the run has them
+FAIR_COMPARISONS = tuple(("tahplus", arm) for arm in BARE_JOBS)
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         for seed, runs in runs_by_seed.items()
     }
     finetune = {
-        seed: {name: run for name, run in runs.items() if name in ARMS}
+        seed: {name: run for name, run in runs.items() if name in (*ARMS, *BARE_JOBS)}
         for seed, runs in runs_by_seed.items()
     }
     finetune = {seed: runs for seed, runs in finetune.items() if runs}
@@ -66,7 +69,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
                 row["tau_sweep"] = run["tau_sweep"]
                 row["decider"] = run["decider"]
         tests = {}
-        for first, second in COMPARISONS:
+        for first, second in (*COMPARISONS, *FAIR_COMPARISONS):
             if first in runs and second in runs:
                 tests[f"{first}_vs_{second}"] = mcnemar(
                     _two_hop(runs[first]["test"]), _two_hop(runs[second]["test"])
@@ -77,7 +80,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         per_seed[str(seed)] = row
     results["per_seed"] = per_seed
     aggregate: dict[str, Any] = {}
-    for arm in (*ARMS, "oracle", "depth1"):
+    for arm in (*ARMS, "oracle", "depth1", *BARE_JOBS):
         rows = [r[arm] for r in per_seed.values() if arm in r]
         if not rows:
             continue
@@ -94,10 +97,16 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
     results["aggregate"] = aggregate
     results["complete"] = (
         bool(finetune)
-        and all(set(ARMS) <= set(runs) for runs in finetune.values())
+        and all(set(_expected_arms(state)) <= set(runs) for runs in finetune.values())
         and len(finetune) == len(state["config"]["seeds"])
     )
     return results
+
+
+def _expected_arms(state: dict[str, Any]) -> tuple[str, ...]:
+    """The arms a complete run has: the bare-row controls only where the run trained them."""
+    bare = state["config"].get("bare_arms", False)  # a run made before them lacks the key
+    return (*ARMS, *BARE_JOBS) if bare else ARMS
 
 
 def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
