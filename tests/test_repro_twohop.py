@@ -326,6 +326,11 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert row["alwaysthink_bare"]["share_tokens_iterating"] == 1.0
     assert row["wide_bare"]["parameters"] == row["wide"]["parameters"]
     assert row["deep_bare"]["parameters"] == saved["gate_runs"]["0"]["deep"]["parameters"]
+    cost = saved["cost"]["per_arm"]
+    assert cost["alwaysthink_bare"]["passes_per_token"] == 2.0
+    assert cost["deep"]["flops_per_token"] == cost["deep_bare"]["flops_per_token"]
+    assert cost["standard"]["flops_per_token"] < cost["tahplus"]["flops_per_token"]
+    assert "Format-fair controls" in (tmp_path / "results.md").read_text()
     assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
     split = row["two_hop_by_base_outcome"]
     assert (
@@ -425,7 +430,7 @@ def test_quick_study_with_a_bare_answer_base(tmp_path):
     from tah.repro.twohop import preset, run_study
 
     config = preset("quick").with_overrides(
-        ["base_writes_intermediate=false", "finetune_written_share=0"]
+        ["base_writes_intermediate=false", "finetune_written_share=0", "bare_arms=false"]
     )
     run_study(config, tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -438,7 +443,7 @@ def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
     from tah.repro.twohop import preset, run_study
     from tah.repro.twohop_jobs import run_job
 
-    config = preset("quick")
+    config = preset("quick").with_overrides(["bare_arms=false"])
     run_study(config, tmp_path, show_progress=False)
     result = tmp_path / "seed0" / "alwaysthink" / "result.json"
     first = json.loads(result.read_text())
@@ -448,3 +453,29 @@ def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
     second = json.loads(result.read_text())
     assert first["train_loss"] == second["train_loss"]
     assert first["test"]["correct"] == second["test"]["correct"]
+
+
+def test_flops_per_token_against_a_count_by_hand():
+    """Standard: 2 x (q, k, v, o, gate, up, down) x layers + the LM head; AlwaysThink: two such
+    passes plus LoRA (r x (in + out) per projection) and the soft embedding; TaH+ in between."""
+    from tah.repro.twohop import preset
+    from tah.repro.twohop_cost import arm_costs
+
+    config = preset("quick")
+    h, i, layers, r = config.hidden, config.intermediate, config.shallow_layers, config.lora_r
+    d = h // config.heads
+    q, kv = config.heads * d, config.kv_heads * d
+    projections = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+    vocab = len(build_tokenizer(config.task_spec))
+    per_pass = 2 * (layers * sum(a * b for a, b in projections) + h * vocab)
+    lora = 2 * layers * sum(r * (a + b) for a, b in projections)
+    cost = arm_costs(config, {"standard": 0.0, "alwaysthink": 1.0, "tahplus": 0.25, "deep": 0.0})
+    assert cost["standard"]["flops_per_token"] == per_pass
+    assert cost["alwaysthink"]["flops_per_token"] == 2 * per_pass + lora + 2 * vocab * h
+    deep_pass = per_pass + 2 * (config.deep_layers - layers) * sum(a * b for a, b in projections)
+    assert cost["deep"]["flops_per_token"] == deep_pass
+    tah = cost["tahplus"]
+    assert tah["passes_per_token"] == 1.25
+    # the decider's share: what is left of TaH+ after its passes
+    decider = tah["flops_per_token"] - per_pass - 0.25 * (per_pass + lora + 2 * vocab * h)
+    assert 0 < decider < per_pass

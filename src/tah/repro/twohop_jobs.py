@@ -110,11 +110,19 @@ def _save_standard(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
+def untrained_standard(config: TwoHopConfig, layers: int, intermediate: int | None = None):
+    """A Standard model of the study's shape (weights from seed 0; for counting, not training)."""
+    return new_standard(config.task_spec, _shape(config, layers, intermediate), 0)
+
+
+def untrained_tahplus(config: TwoHopConfig):
+    """The TaH+ model (base + LoRA + learned decider) of the study's shape, untrained."""
+    return new_tah(untrained_standard(config, config.shallow_layers), _decider_config(config), 0)
+
+
 def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
-    task = config.task_spec
-    base = new_standard(task, _shape(config, config.shallow_layers), 0)
-    return count_parameters(new_tah(base, _decider_config(config), seed=0))
+    return count_parameters(untrained_tahplus(config))
 
 
 def _decider_config(config: TwoHopConfig):

@@ -8,6 +8,7 @@ from typing import Any
 
 from tah.io import atomic_file, write_json
 from tah.repro.plots import pyplot, save_figure
+from tah.repro.twohop_cost import fair_markdown
 from tah.repro.twohop_results import ARMS, COMPARISONS, TAH_ARMS
 
 _LABELS = {
@@ -17,6 +18,8 @@ _LABELS = {
     "tahplus": "TaH+ ({n}L, learned decider, τ fixed)",
     "oracle": "TaH+ oracle routing",
     "depth1": "TaH+ depth 1 only",
+    "standard_bare": "Standard ({n}L, bare rows)",
+    "alwaysthink_bare": "AlwaysThink ({n}L, bare rows)",
 }
 
 
@@ -262,8 +265,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_pct(m.get('oracle'))} | {_pct(m.get('learned'))} | "
                     f"{_pct(m.get('depth1'))} | {_pct(m.get('standard'))} |"
                 )
+        lines += ["", *fair_markdown(results)]
         lines += [
-            "",
             "## Decider (held-out labels: the base's errors)",
             "",
             "| seed | split | positions | precision | recall | AUC | hard share | "
@@ -380,6 +383,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ("standard", "C0", "s"),
             ("wide", "C1", "D"),
             ("alwaysthink", "C4", "^"),
+            ("alwaysthink_bare", "C5", "^"),
+            ("standard_bare", "C9", "s"),
             ("oracle", "C2", "*"),
             ("depth1", "C7", "v"),
         ):

@@ -54,7 +54,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         for seed, runs in runs_by_seed.items()
     }
     finetune = {
-        seed: {name: run for name, run in runs.items() if name in (*ARMS, *BARE_JOBS)}
+        seed: {name: run for name, run in runs.items() if name in (*ARMS, "deep", *BARE_JOBS)}
         for seed, runs in runs_by_seed.items()
     }
     finetune = {seed: runs for seed, runs in finetune.items() if runs}
@@ -80,7 +80,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         per_seed[str(seed)] = row
     results["per_seed"] = per_seed
     aggregate: dict[str, Any] = {}
-    for arm in (*ARMS, "oracle", "depth1", *BARE_JOBS):
+    for arm in (*ARMS, "oracle", "depth1", "deep", *BARE_JOBS):
         rows = [r[arm] for r in per_seed.values() if arm in r]
         if not rows:
             continue
@@ -95,12 +95,29 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
             ),
         }
     results["aggregate"] = aggregate
+    results["cost"] = _costs(state, aggregate)
     results["complete"] = (
         bool(finetune)
         and all(set(_expected_arms(state)) <= set(runs) for runs in finetune.values())
         and len(finetune) == len(state["config"]["seeds"])
     )
     return results
+
+
+def _costs(state: dict[str, Any], aggregate: dict[str, Any]) -> dict[str, Any]:
+    """Forward passes and FLOPs per token of every fine-tuned arm (:mod:`tah.repro.twohop_cost`)
+    at its mean share of tokens at depth 2 over seeds."""
+    from tah.repro.twohop_config import read_saved_config
+    from tah.repro.twohop_cost import COUNTED, arm_costs
+
+    shares = {
+        arm: stats["share_tokens_iterating"]["mean"] / 100
+        for arm, stats in aggregate.items()
+        if arm not in ("oracle", "depth1") and stats["share_tokens_iterating"]["mean"] is not None
+    }
+    if not shares:
+        return {}
+    return {"counted": COUNTED, "per_arm": arm_costs(read_saved_config(state["config"]), shares)}
 
 
 def _expected_arms(state: dict[str, Any]) -> tuple[str, ...]:
