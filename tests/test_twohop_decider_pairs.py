@@ -29,7 +29,7 @@ def test_decider_pairs_smoke_on_the_bundled_model(tmp_path, capsys):
         main(["repro", "twohop", "--quick", "--decider-pairs", "3,8", "--output", str(tmp_path)])
         == 0
     )
-    result = json.loads((tmp_path / "decider-pairs.json").read_text())
+    result = json.loads((tmp_path / "decider-pairs.json").read_text())["runs"][0]
     assert [r["pairs"] for r in result["rows"]] == [3, 8]
     assert "| 8 |" in (tmp_path / "decider-pairs.md").read_text()
     for row in result["rows"]:
@@ -51,3 +51,16 @@ def test_decider_pairs_bad_input_is_named(tmp_path, capsys):
     ):
         assert main(["repro", "twohop", *args, "--output", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_decider_retrained_on_a_mix_of_table_sizes_is_evaluated_beside_it(tmp_path):
+    args = ["--quick", "--decider-pairs", "3", "--decider-train-mix", "2,3"]
+    assert main(["repro", "twohop", *args, "--output", str(tmp_path)]) == 0
+    original, retrained = json.loads((tmp_path / "decider-pairs.json").read_text())["runs"]
+    assert retrained["steps"] == 5 and retrained["model"].endswith("model")
+    assert json.loads((tmp_path / "model" / "repro.json").read_text())["decider_retrained"][
+        "pairs_mix"
+    ] == [2, 3]
+    # only the decider moved: the forced second pass is the same model on the same problems
+    assert retrained["rows"][0]["forced_on_two_hop"] == original["rows"][0]["forced_on_two_hop"]
+    assert retrained["rows"][0]["decider_at_answers"] != original["rows"][0]["decider_at_answers"]

@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the TaH+ checkpoint for --decider-pairs (default: the bundled seed-0 model)",
     )
     parser.add_argument(
+        "--decider-train-mix",
+        metavar="LIST",
+        default=None,
+        help="with --decider-pairs: first train a fresh decider for that checkpoint on tables "
+        "of these sizes (OUTPUT/model) and evaluate it beside the original",
+    )
+    parser.add_argument(
         "--export-method",
         choices=("tahplus", "tah"),
         default="tahplus",

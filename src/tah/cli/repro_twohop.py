@@ -60,20 +60,28 @@ def run_decider_pairs(args: argparse.Namespace) -> int:
     from tah.io import atomic_file, write_json
     from tah.repro.twohop_pairs import decider_by_pairs, markdown
 
-    try:
-        pairs = tuple(int(p) for p in str(args.decider_pairs).split(","))
-    except ValueError:
-        raise ConfigError(
-            f"--decider-pairs {args.decider_pairs!r}: expected a comma list, e.g. 2,3,4"
-        ) from None
+    pairs = _pairs_list("--decider-pairs", args.decider_pairs)
     model = Path(args.decider_model) if args.decider_model else bundled_twohop_path()
     problems = 40 if args.quick else 500
-    result = decider_by_pairs(model, pairs, problems=problems)
     out = Path(args.output or "runs/decider-pairs")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "decider-pairs.json", result)
-    text = markdown(result)
+    results = [decider_by_pairs(model, pairs, problems=problems)]
+    if getattr(args, "decider_train_mix", None):
+        from tah.repro.twohop_pairs import retrain_decider
+
+        mix = _pairs_list("--decider-train-mix", args.decider_train_mix)
+        trained = retrain_decider(model, out / "model", mix, steps=5 if args.quick else 2000)
+        results.append(decider_by_pairs(out / "model", pairs, problems=problems) | trained)
+    write_json(out / "decider-pairs.json", {"runs": results})
+    text = "\n".join(markdown(result) for result in results)
     with atomic_file(out / "decider-pairs.md", "w", encoding="utf-8") as handle:
         handle.write(text)
     Console().print(text)
     return 0
+
+
+def _pairs_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a comma list, e.g. 2,3,4") from None

@@ -33,6 +33,11 @@ Order of the study, per seed (seeds 0, 1, 2):
    ``standard``, ``wide`` and ``deep``: TaH+ (stage 1: backbone + LoRA under oracle routing;
    stage 2: the decider alone, D steps) and AlwaysThink (every token runs depth 2, in training
    and at test).
+5. **Format-fair controls** (``bare_arms``, issue 23; registered in NOTES.md section 12):
+   ``standard_bare``, ``wide_bare``, ``deep_bare`` and ``alwaysthink_bare``, the same arms
+   fine-tuned on bare rows only, the format TaH+'s decider trains on (the arms above train on
+   the written/bare mix). They run in step 4's phase and change no other arm. The report puts
+   every arm's cost per token beside its accuracy (:mod:`tah.repro.twohop_cost`).
 
 Why the deep control grows from the base instead of training from scratch: from scratch, how
 many steps a model takes to learn its first lookup varies from seed to seed and grows with depth

@@ -128,8 +128,10 @@ def decider_by_pairs(
 
 
 def markdown(result: dict[str, Any]) -> str:
+    retrained = result.get("steps")
     lines = [
-        f"TaH+ `{result['model']}` (trained at {result['trained_pairs']} pairs), validation "
+        (f"Decider retrained {retrained} steps on a mix of table sizes. " if retrained else "")
+        + f"TaH+ `{result['model']}` (trained at {result['trained_pairs']} pairs), validation "
         f"problems, τ = {result['threshold']}; accuracies in %.",
         "",
         "| pairs | two-hop, learned decider | two-hop, 2nd pass forced on two-hop answers | "
@@ -147,3 +149,60 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['two_hop_misses_not_fired']} / {r['two_hop_misses']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def retrain_decider(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    pairs_mix: tuple[int, ...] = PAIRS,
+    steps: int = 2000,
+    batch: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Stage 2 again on a checkpoint, from a fresh decider, on tables of every size in
+    ``pairs_mix`` (one size per batch, drawn uniformly): backbone and LoRA frozen, the study's
+    pos-weighted BCE at every position. Labels: the two-hop answers are hard (what the study's
+    labeller marks when its base answers every one-hop query and no two-hop one, as the bundled
+    seed-0 base does). Problems from the study's decider stream; evaluate on validation ones."""
+    from tah import TaHForCausalLM
+    from tah.data.twohop import sample_batch
+    from tah.repro.twohop_jobs import DECIDER_STREAM
+    from tah.training.losses import decider_bce_sum, decider_targets_mask
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    base_task = _task(model_dir)
+    torch.manual_seed(seed)
+    model = TaHForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    for module in model.decider.modules():
+        if module is not model.decider and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    model.set_trainable(backbone=False, lora=False, decider=True)
+    model.train()
+    model.backbone.eval()
+    params = list(model.decider_parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(1000 * seed + DECIDER_STREAM)
+    losses = []
+    for step in range(steps):
+        pairs = pairs_mix[int(torch.randint(len(pairs_mix), (1,), generator=generator))]
+        task = dataclasses.replace(base_task, pairs=pairs)
+        rows = sample_batch(task, batch, generator)
+        iters = _forced_labels(task, rows.kinds, task.length)
+        out = model(rows.input_ids, max_depth=1)
+        mask = decider_targets_mask(iters, rows.attention_mask, rows.labels, "all")
+        total, count, _ = decider_bce_sum(out.decider_logits[..., 0], iters, mask, 1.0, 0.5)
+        loss = total / max(count, 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in optimizer.param_groups:  # cosine to zero, no warmup (a short run)
+            group["lr"] = lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    model.save_pretrained(out_dir)
+    meta = json.loads((model_dir / "repro.json").read_text(encoding="utf-8"))
+    meta["decider_retrained"] = {"pairs_mix": list(pairs_mix), "steps": steps, "seed": seed}
+    (out_dir / "repro.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return {"final_loss": sum(losses[-100:]) / len(losses[-100:]), "steps": steps}
