@@ -479,3 +479,26 @@ def test_flops_per_token_against_a_count_by_hand():
     # the decider's share: what is left of TaH+ after its passes
     decider = tah["flops_per_token"] - per_pass - 0.25 * (per_pass + lora + 2 * vocab * h)
     assert 0 < decider < per_pass
+
+
+def test_compare_runs_names_exactly_the_jobs_whose_accuracy_moved():
+    from tah.repro.twohop_results import compare_runs
+
+    def run(standard_gf: float, tahplus_gf: float) -> dict:
+        acc = {"gf": standard_gf, "one_hop": 1.0}
+        return {
+            "gate_runs": {"0": {"base": {"test": {"accuracy": {"gf": 0.0}}}}},
+            "per_seed": {
+                "0": {
+                    "standard": {"accuracy": acc},
+                    "tahplus": {"accuracy": {"gf": tahplus_gf}},
+                    "mcnemar_two_hop": {},
+                }
+            },
+        }
+
+    same = compare_runs(run(0.06, 1.0), run(0.06, 1.0))
+    assert same == {"compared": 3, "differ": {}}
+    moved = compare_runs(run(0.06, 0.9), run(0.06, 1.0))
+    assert list(moved["differ"]) == ["seed0/tahplus"]
+    assert moved["differ"]["seed0/tahplus"]["new"] == {"gf": 0.9}

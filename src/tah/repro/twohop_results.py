@@ -150,3 +150,28 @@ def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, An
 
 def _strip(outcome: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in outcome.items() if k not in ("correct", "kinds")}
+
+
+def compare_runs(new: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Test accuracies of the jobs two runs share (a rerun of the same settings is
+    deterministic, so every one should be equal): per seed and job, the differing numbers."""
+
+    def accuracies(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
+        out = {}
+        for seed, runs in (results.get("gate_runs") or {}).items():
+            for name, run in runs.items():
+                out[(seed, name)] = run["test"]["accuracy"]
+        for seed, row in (results.get("per_seed") or {}).items():
+            for name, arm in row.items():
+                if isinstance(arm, dict) and "accuracy" in arm:
+                    out[(seed, name)] = arm["accuracy"]
+        return out
+
+    mine, theirs = accuracies(new), accuracies(reference)
+    shared = sorted(set(mine) & set(theirs))
+    differ = {
+        f"seed{seed}/{name}": {"new": mine[seed, name], "reference": theirs[seed, name]}
+        for seed, name in shared
+        if mine[seed, name] != theirs[seed, name]
+    }
+    return {"compared": len(shared), "differ": differ}
