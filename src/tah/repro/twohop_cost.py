@@ -118,20 +118,28 @@ def _pm(stat: dict[str, Any] | None) -> str:
 
 
 def fair_markdown(results: dict[str, Any]) -> list[str]:
-    """The format-fair controls beside the other arms: accuracy and cost per token, and the
-    paired tests of TaH+ against each ``_bare`` arm. Empty where the run has no ``_bare`` arm."""
-    agg, cost = results.get("aggregate") or {}, (results.get("cost") or {}).get("per_arm", {})
-    if not any(arm.endswith("_bare") for arm in agg):
+    """Every fine-tuned arm's accuracy beside its cost per token and, where the run has the
+    format-fair ``_bare`` arms, the paired tests of TaH+ against each. Empty without costs."""
+    agg, cost = dict(results.get("aggregate") or {}), (results.get("cost") or {}).get("per_arm", {})
+    if not cost:
         return []
+    if "deep" not in agg:  # a run collected before deep joined the per-seed rows: from the gate
+        agg["deep"] = _deep_from_gate(results)
+    fair = any(arm.endswith("_bare") for arm in agg)
     layers = results["config"]["shallow_layers"], results["config"]["deep_layers"]
     base_flops = cost.get("tahplus", {}).get("flops_per_token")
     lines = [
-        "## Format-fair controls: accuracy and cost side by side",
+        "## Accuracy and cost side by side" + (" (with the format-fair controls)" if fair else ""),
         "",
-        "`_bare`: the same arm fine-tuned from the same base on the same problem stream, steps "
-        "and lr, on bare rows only (the format TaH+'s decider trains on); the other arms train "
-        f"on the written/bare mix. {layers[0]}-layer models except deep ({layers[1]} layers). "
-        "FLOPs: " + (results.get("cost") or {}).get("counted", "") + ".",
+        (
+            "`_bare`: the same arm fine-tuned from the same base on the same problem stream, "
+            "steps and lr, on bare rows only (the format TaH+'s decider trains on); the other "
+            "arms train on the written/bare mix. "
+            if fair
+            else ""
+        )
+        + f"{layers[0]}-layer models except deep ({layers[1]} layers). "
+        "FLOPs: " + (results.get("cost") or {}).get("counted", ""),
         "",
         "| model | two-hop | one-hop | all queries | tokens at depth 2 (%) | forward passes / "
         "token | layer passes / token | forward FLOPs / token | FLOPs vs TaH+ |",
@@ -141,6 +149,8 @@ def fair_markdown(results: dict[str, Any]) -> list[str]:
         if arm not in agg:
             continue
         s, c = agg[arm], cost.get(arm, {})
+        if s is None:
+            continue
         flops = c.get("flops_per_token")
         ratio = f"{flops / base_flops:.2f}×" if flops and base_flops else "–"
         lines.append(
@@ -159,8 +169,10 @@ def fair_markdown(results: dict[str, Any]) -> list[str]:
             "",
             f"Not counted: attention score/value products, about {left_out / 1e3:,.1f} k "
             f"FLOPs per token for TaH+ at the test rows' mean context ({100 * left_out / base_flops:.0f} % of "
-            "its counted FLOPs; the same proportion per layer pass for every arm).",
+            "its counted FLOPs; per arm they grow with its layer passes per token).",
         ]
+    if not fair:
+        return lines + [""]
     lines += [
         "",
         "Paired exact McNemar, TaH+ against each `_bare` arm on two-hop test queries (TaH+ "
@@ -179,3 +191,18 @@ def fair_markdown(results: dict[str, Any]) -> list[str]:
             cells.append("–" if t is None else f"{t['only_first']} / {t['only_second']}, {p}")
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _deep_from_gate(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Two-hop and one-hop accuracy of the deep control over seeds, from the gate's record."""
+    from tah.repro.twohop_results import mean_std
+
+    rows = [row for row in results["gate"]["per_seed"].values() if row["two_hop"].get("deep")]
+    if not rows:
+        return None
+    return {
+        "two_hop": mean_std([row["two_hop"]["deep"] for row in rows]),
+        "one_hop": mean_std([row["one_hop"]["deep"] for row in rows]),
+        "all_queries": None,
+        "share_tokens_iterating": mean_std([0.0 for _ in rows]),
+    }

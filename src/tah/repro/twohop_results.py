@@ -117,6 +117,7 @@ def _costs(state: dict[str, Any], aggregate: dict[str, Any]) -> dict[str, Any]:
     }
     if not shares:
         return {}
+    shares.setdefault("deep", 0.0)  # a Standard model: one pass of its layers on every token
     return {"counted": COUNTED, "per_arm": arm_costs(read_saved_config(state["config"]), shares)}
 
 
