@@ -330,7 +330,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert cost["alwaysthink_bare"]["passes_per_token"] == 2.0
     assert cost["deep"]["flops_per_token"] == cost["deep_bare"]["flops_per_token"]
     assert cost["standard"]["flops_per_token"] < cost["tahplus"]["flops_per_token"]
-    assert "Format-fair controls" in (tmp_path / "results.md").read_text()
+    assert "(with the format-fair controls)" in (tmp_path / "results.md").read_text()
     assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
     split = row["two_hop_by_base_outcome"]
     assert (
