@@ -63,16 +63,16 @@ def arm_costs(config: TwoHopConfig, shares: dict[str, float]) -> dict[str, dict[
     """Per arm: forward passes per token and forward FLOPs per token, given each arm's share of
     tokens at depth 2 (``shares``, 0 to 1; an arm missing there is left out). ``_bare`` arms
     cost what their mixed-format arm costs."""
-    from tah.repro.twohop_jobs import untrained_standard, untrained_tahplus, wide_intermediate
+    from tah.repro.twohop_jobs import untrained, wide_intermediate
 
     shallow, deep = config.shallow_layers, config.deep_layers
     widths = {"standard": None, "wide": wide_intermediate(config), "deep": None}
     flops_of = {
-        arm: linear_flops(untrained_standard(config, deep if arm == "deep" else shallow, width))
+        arm: linear_flops(untrained(config, deep if arm == "deep" else shallow, width))
         for arm, width in widths.items()
     }
-    tah = linear_flops(untrained_tahplus(config))
-    soft_embedding = 2 * config.hidden * untrained_standard(config, 1).config.vocab_size
+    tah = linear_flops(untrained(config, shallow, tahplus=True))
+    soft_embedding = 2 * config.hidden * untrained(config, 1).config.vocab_size
     out: dict[str, dict[str, Any]] = {}
     for arm, share in shares.items():
         kind = arm.removesuffix("_bare")

@@ -17,14 +17,7 @@ import torch
 
 from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop_config import (
-    BARE_SUFFIX,
-    GATE,
-    TAH_JOBS,
-    TwoHopConfig,
-    job_dir,
-    mixed_arm,
-)
+from tah.repro.twohop_config import BARE_SUFFIX, GATE, TAH_JOBS, TwoHopConfig, job_dir, mixed_arm
 from tah.repro.twohop_runs import (
     Predictions,
     Shape,
@@ -110,19 +103,16 @@ def _save_standard(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
-def untrained_standard(config: TwoHopConfig, layers: int, intermediate: int | None = None):
-    """A Standard model of the study's shape (weights from seed 0; for counting, not training)."""
-    return new_standard(config.task_spec, _shape(config, layers, intermediate), 0)
-
-
-def untrained_tahplus(config: TwoHopConfig):
-    """The TaH+ model (base + LoRA + learned decider) of the study's shape, untrained."""
-    return new_tah(untrained_standard(config, config.shallow_layers), _decider_config(config), 0)
+def untrained(config: TwoHopConfig, layers: int, width: int | None = None, tahplus: bool = False):
+    """A Standard model of the study's shape, or TaH+ on it (base + LoRA + learned decider);
+    weights from seed 0, for counting, not training."""
+    base = new_standard(config.task_spec, _shape(config, layers, width), 0)
+    return new_tah(base, _decider_config(config), 0) if tahplus else base
 
 
 def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
-    return count_parameters(untrained_tahplus(config))
+    return count_parameters(untrained(config, config.shallow_layers, tahplus=True))
 
 
 def _decider_config(config: TwoHopConfig):
@@ -369,8 +359,7 @@ def _finetune_job(
     for p in labeller.parameters():
         p.requires_grad_(False)
     steps = cfg.finetune_steps * (2 if name == "standard2x" else 1)
-    # A ``_bare`` arm: the same arm on the same stream with no written-out rows in its batches.
-    bare = name.endswith(BARE_SUFFIX)
+    bare = name.endswith(BARE_SUFFIX)  # the same arm and stream, no written-out rows
     name = mixed_arm(name)
     settings = TrainSettings(
         steps=steps,
