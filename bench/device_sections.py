@@ -4,9 +4,10 @@ This module holds the work of ``device_run.py`` section by section: the shared s
 gets (:class:`Run`: the arguments, the device, the time budget and a synchronised timer), the
 correctness sections (versions; engine vs core generate in fp32; bf16 vs fp32 forward,
 decisions and one training step of each stage, with their tolerances) and the speed sections
-(decode throughput with achieved memory bandwidth, CUDA graphs, ``torch.compile``), each a
-function from the run to a JSON-ready dict, listed in order in :data:`SECTIONS` and
-:data:`RUNNERS`. Running them within the budget, and the report, live in ``device_run.py``.
+(decode throughput with achieved memory bandwidth, CUDA graphs, ``torch.compile``, ``tah
+eval`` on the engine vs the core, speculative depth 1), each a function from the run to a
+JSON-ready dict, listed in order in :data:`SECTIONS` and :data:`RUNNERS`. The bf16 training
+check lives in ``device_bf16.py``. Running them within the budget, and the report, live in ``device_run.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import time
 
 import torch
 
+from device_bf16 import train_bf16
+
 LOGIT_TOL = 0.05  # bf16 vs fp32, depth-1 logits: max |diff| / max |fp32 logit|
 DEEP_MEAN_TOL = 0.1  # bf16 vs fp32, TaH logits (some tokens iterated): mean |diff| / std
 TAU_MARGIN = 0.02  # decisions may differ only where |p_fp32 - tau| < this
-LOSS_TOL = 0.02  # relative
-GRAD_TOL = 0.08  # relative norm of the gradient difference
 PEAK_BW = 4.8e12  # H200 HBM3e bytes/s
 
-SECTIONS = ("env", "correct_fp32", "correct_bf16", "train_bf16", "throughput", "graphs", "compile")
-MIN_SECONDS = {"throughput": 60, "graphs": 40, "compile": 90}  # on CUDA, full size
+SECTIONS = (
+    "env", "correct_fp32", "correct_bf16", "train_bf16", "throughput", "graphs", "compile",
+    "eval_engine", "speculation",
+)  # fmt: skip
+MIN_SECONDS = {"throughput": 60, "graphs": 40, "compile": 90, "eval_engine": 40, "speculation": 20}
+# The engine switch the speculation section looks for (issue 24 item 3): an Engine keyword.
+SPECULATION_SWITCH = "speculate_depth1"
 
 
 class Run:
@@ -170,61 +176,6 @@ def correct_bf16(run: Run) -> dict:
         and deep_mean_err <= DEEP_MEAN_TOL
         and not bool((differ & ~near).any()),
     }
-
-
-def _train_loss(model, stage: str, ids, attn, labels, iter_labels):
-    """The trainer's stage-1 / stage-2 loss sum and item count (as ``stages.micro_step``)."""
-    from tah.training.losses import decider_bce_sum, decider_targets_mask, next_token_ce_sum
-
-    if stage == "stage1":
-        res = model(ids, attention_mask=attn, iter_labels=iter_labels, ensure_deep_pass=True)
-        return next_token_ce_sum(res.logits, labels)
-    res = model(ids, attention_mask=attn, max_depth=1)
-    rows = decider_targets_mask(iter_labels, attn, labels, "all")
-    loss, n, _ = decider_bce_sum(res.decider_logits[..., 0], iter_labels, rows, 1.0, 0.5)
-    return loss, n
-
-
-def train_bf16(run: Run) -> dict:
-    gen = torch.Generator().manual_seed(5)
-    ids = torch.randint(3, 256, (2, 32), generator=gen).to(run.device)
-    attn = torch.ones_like(ids)
-    labels = ids.clone()
-    labels[:, :8] = -100
-    iter_labels = 1 + (torch.rand(ids.shape, generator=gen) < 0.3).long().to(run.device)
-    out: dict = {"loss_tol": LOSS_TOL, "grad_tol": GRAD_TOL}
-    for stage in ("stage1", "stage2"):
-        losses, grads = {}, {}
-        for dtype in (torch.float32, torch.bfloat16):
-            model = _tiny_tah(run.device)
-            model.train()
-            for m in model.modules():  # dropout off: the two runs must see the same function
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-            params = [p for n, p in model.named_parameters()]
-            for p in params:
-                p.requires_grad_(True)
-            kind = "cuda" if run.cuda else "cpu"
-            with torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                loss, n = _train_loss(model, stage, ids, attn, labels, iter_labels)
-            loss = loss / max(n, 1)
-            loss.backward()
-            losses[dtype] = float(loss.detach())
-            grads[dtype] = torch.cat(
-                [p.grad.float().flatten() for p in params if p.grad is not None]
-            )
-        ref, low = grads[torch.float32], grads[torch.bfloat16]
-        loss_err = abs(losses[torch.bfloat16] - losses[torch.float32]) / abs(losses[torch.float32])
-        grad_err = float((low - ref).norm() / ref.norm())
-        out[stage] = {
-            "loss_fp32": losses[torch.float32],
-            "loss_bf16": losses[torch.bfloat16],
-            "loss_rel_err": loss_err,
-            "grad_rel_err": grad_err,
-            "ok": loss_err <= LOSS_TOL and grad_err <= GRAD_TOL,
-        }
-    out["ok"] = out["stage1"]["ok"] and out["stage2"]["ok"]
-    return out
 
 
 # ---------------------------------------------------------------------------- speed
@@ -386,8 +337,83 @@ def compile_modes(run: Run) -> dict:
     return out
 
 
+def eval_engine(run: Run) -> dict:
+    """``tah eval``'s generation, engine vs core (``bench/eval_engine.py``): the bundled model
+    in float32 (answers must be identical) and a SmolLM2-135M-shaped plain model in the eval
+    default dtype (bf16 on CUDA: speed only, identity reported)."""
+    import eval_engine as ee
+
+    cases = [("bundled", "float32", 16 if run.quick else 256, 32 if run.quick else 256)]
+    if not run.quick:
+        cases.append(("smollm2", "auto", 64, 128))
+    rows = []
+    for model, dtype, problems, new in cases:
+        args = argparse.Namespace(
+            model=model, problems=problems, batch_size=16, max_new_tokens=new, rounds=1,
+            threads=torch.get_num_threads(), device=run.device, dtype=dtype, out=None,
+        )  # fmt: skip
+        res = ee.run(args)
+        row = {"model": model, "dtype": dtype, "problems": problems, "max_new_tokens": new}
+        for g in ("engine", "core"):
+            row.update({f"{g}_{k}": v for k, v in res[g].items()})
+        row.update(
+            ratio_wall=res["ratio_wall"], identical=res["identical"], iter_share=res["iter_share"]
+        )
+        rows.append(row)
+    return {"batch": 16, "rows": rows, "ok": rows[0]["identical"]}
+
+
+def speculation(run: Run) -> dict:
+    """Speculative depth 1 on vs off (TaH engine): identical greedy tokens, steps per token,
+    extra steps per iterating token (batch 1), drafts accepted, tokens/s. Reports "not
+    available" when the engine has no :data:`SPECULATION_SWITCH` keyword yet."""
+    import inspect
+
+    from tah.engine.engine import Engine
+    from tah.engine.sampling import SamplingParams
+
+    if SPECULATION_SWITCH not in inspect.signature(Engine.__init__).parameters:
+        return {
+            "status": "not available",
+            "reason": f"this engine has no {SPECULATION_SWITCH!r} switch (issue 24 item 3)",
+        }
+    m = _models(run)
+    greedy = SamplingParams(max_tokens=m.new_tokens)
+    rows = []
+    ok = True
+    for b in m.batches:
+        row: dict = {"batch": b}
+        plain = m.make_engine(tah=False)
+        plain.generate(m.prompts[:b], greedy)
+        before = plain.stats["steps"]
+        plain.generate(m.prompts[:b], greedy)
+        plain_steps = plain.stats["steps"] - before
+        outs = {}
+        for on in (False, True):
+            eng = m.make_engine(**{SPECULATION_SWITCH: on})
+            eng.generate(m.prompts[:b], greedy)  # warm-up
+            stats = dict(eng.stats)
+            sec, out = run.timed(eng.generate, m.prompts[:b], greedy)
+            d = {k: eng.stats.get(k, 0) - stats.get(k, 0) for k in eng.stats}
+            counts = [c for o in out for c in o.iter_counts]
+            deep = sum(c > 1 for c in counts)
+            key = "on" if on else "off"
+            outs[key] = [(o.token_ids, o.iter_counts) for o in out]
+            row[f"{key}_tok_s"] = len(counts) / sec
+            row[f"{key}_steps"] = d["steps"]
+            row[f"{key}_extra_steps_per_iterating"] = (d["steps"] - plain_steps) / max(deep, 1)
+            row["iterating_tokens"] = deep
+            if on:
+                row["drafts"], row["accepted"] = d.get("drafts", 0), d.get("accepted", 0)
+        row["identical"] = outs["on"] == outs["off"]
+        row["speedup"] = row["on_tok_s"] / row["off_tok_s"]
+        ok = ok and row["identical"]
+        rows.append(row)
+    return {"switch": SPECULATION_SWITCH, "threshold": m.threshold, "rows": rows, "ok": ok}
+
+
 RUNNERS = {
     "env": env, "correct_fp32": correct_fp32, "correct_bf16": correct_bf16,
     "train_bf16": train_bf16, "throughput": throughput, "graphs": graphs,
-    "compile": compile_modes,
+    "compile": compile_modes, "eval_engine": eval_engine, "speculation": speculation,
 }  # fmt: skip

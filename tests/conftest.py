@@ -13,6 +13,21 @@ torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 QWEN3_TOKENIZER = SHARED / "tokenizers" / "qwen3"
+# The README section that says what ../shared is and how to run the tests without it.
+SHARED_README_SECTION = "Tests that need ../shared"
+
+
+def shared_skip_reason(relative: str, what: str) -> str:
+    """Why a test that needs ``../shared/<relative>`` is skipped, and where to read more."""
+    return (
+        f"needs {what} in ../shared/{relative}, which is not next to this checkout (a folder "
+        f"the maintainers lay beside the repository, not part of it; see '{SHARED_README_SECTION}' "
+        "in README.md)"
+    )
+
+
+QWEN3_SKIP = shared_skip_reason("tokenizers/qwen3", "the real Qwen3 tokenizer")
+DATA_SKIP = shared_skip_reason("data", "the benchmark data (or $TAH_DATA_DIR)")
 
 
 def tiny_config(family: str = "qwen3", vocab_size: int = 64, layers: int = 3, **overrides):
@@ -57,7 +72,7 @@ def randomize_lora(model, seed: int = 1, std: float = 0.2) -> None:
 @pytest.fixture
 def qwen3_tokenizer():
     if not QWEN3_TOKENIZER.is_dir():
-        pytest.skip("../shared/tokenizers/qwen3 is not available")
+        pytest.skip(QWEN3_SKIP)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)

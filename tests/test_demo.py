@@ -85,3 +85,16 @@ def test_generate_defaults_to_the_bundled_model(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["max_iter"] == 2 and result["tokens"]
+
+
+def test_help_says_how_many_problems_the_demo_solves():
+    """Issue 26 item 11: the demo solves --count problems (5 by default), not "a problem"."""
+    import argparse
+
+    from tah.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    demo = action.choices["demo"]
+    count = next(a for a in demo._actions if "--count" in a.option_strings).default
+    text = " ".join(demo.format_help().split())
+    assert f"({count}, or --count)" in text and "a sample problem" not in text

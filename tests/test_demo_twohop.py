@@ -85,6 +85,32 @@ def test_export_ships_a_checkpoint_the_demo_runs(tmp_path, capsys):
     path = export_twohop_checkpoint(tmp_path / "run", 0, tmp_path / "export")
     facts = json.loads((path / "repro.json").read_text())
     assert facts["task"]["pairs"] == 4 and facts["seed"] == 0 and "tahplus" in facts["metrics"]
+    assert "TaH+ " in facts["summary"] and "tahplus" not in facts["summary"]  # display names
     capsys.readouterr()  # the study's own output
     result = _run(capsys, "--model", str(path), "--count", "2")
     assert len(result["problems"]) == 2 and len(result["problems"][0]["queries"]) == 3
+
+
+def test_the_last_line_uses_display_names_not_arm_ids(capsys):
+    """Issue 26 item 8: the summary line names the arms as users read them."""
+    assert main(["demo", "--twohop", "--count", "1"]) == 0
+    import re
+
+    out = capsys.readouterr().out
+    summary = " ".join(out[out.index("trained by") :].split())  # rich wraps long lines
+    assert "TaH+ 100.0 %" in summary
+    assert not re.search(r"\b(tahplus|alwaysthink|standard)\b", summary), summary
+
+
+def test_the_model_is_never_taught_the_separator_after_an_answer():
+    """Why a free-running decoder must insert the ";" itself (documented in data.twohop): the
+    separator after each answer carries no label."""
+    import torch
+
+    from tah.data.twohop import IGNORE, TwoHopTask, sample_batch
+
+    task = TwoHopTask(separators=True)
+    batch = sample_batch(task, 8, torch.Generator().manual_seed(0))
+    after = task.answer_positions() + 1
+    assert (batch.input_ids[:, after] == task.separator).all()
+    assert (batch.labels[:, after] == IGNORE).all()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import DATA_SKIP, QWEN3_SKIP, QWEN3_TOKENIZER
 from tah.errors import ConfigError, DataError
 from tah.evaluation.datasets import (
     REGISTRY,
@@ -63,7 +64,7 @@ def test_shared_data_found_relative_to_repo(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     local = find_local("gsm8k")
     if local is None:
-        pytest.skip("shared/data is not next to this checkout")
+        pytest.skip(DATA_SKIP)
     ds = load_eval_dataset("gsm8k")
     assert len(ds.problems) == 1319 and ds.problems[0].answer == "18"
 
@@ -198,11 +199,9 @@ def test_sample_seeds_are_stable_and_distinct():
 
 
 def test_qwen3_template_and_stop_tokens():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "qwen3"
+    path = QWEN3_TOKENIZER
     if not path.is_dir():
-        pytest.skip("the Qwen3 tokenizer is not in shared/tokenizers/qwen3")
+        pytest.skip(QWEN3_SKIP)
     from tah.evaluation.backends import load_tokenizer, stop_token_ids
 
     tok = load_tokenizer(str(path))

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import DATA_SKIP
 from tah.evaluation.grading import Grader, grade_text
 
 # (model output, gold, answer type, expected correct)
@@ -135,7 +136,7 @@ def test_shared_gold_answers_verify_against_themselves():
 
     names = [n for n in ("math500", "amc23", "aime24", "gsm8k") if find_local(n)]
     if not names:
-        pytest.skip("shared/data is not next to this checkout")
+        pytest.skip(DATA_SKIP)
     wrong = []
     for name in names:
         problems = load_eval_dataset(name).problems

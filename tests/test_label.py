@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import QWEN3_SKIP, QWEN3_TOKENIZER
 from tah.data.encoding import encode_records
 from tah.data.label_features import build_features, load_labels, load_training_dataset
 from tah.data.labeling import LabelSettings, label_records
 from tah.data.records import Record
 from tah.errors import ConfigError, DataError
 
-QWEN3_TOKENIZER = Path("/work/shared/tokenizers/qwen3")
 WORDS = [f"w{i}" for i in range(40)]
 SPECIALS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 # ChatML with a <think> opener in every assistant turn, like Qwen3's thinking template.
@@ -233,7 +232,7 @@ def test_span_starts_at_think_only_when_present():
     assert ids2.span_start == ids2.input_ids.tolist().index(tok.convert_tokens_to_ids("w3"))
 
 
-@pytest.mark.skipif(not QWEN3_TOKENIZER.is_dir(), reason="Qwen3 tokenizer fixture absent")
+@pytest.mark.skipif(not QWEN3_TOKENIZER.is_dir(), reason=QWEN3_SKIP)
 def test_qwen3_tokenizer_think_span_and_labels(tmp_path):
     from transformers import AutoTokenizer
 

@@ -167,7 +167,7 @@ def test_budget_steers_tau_per_token_and_usage_reports_the_share(client):
     [
         ({"prompt": "hi", "logprobs": 50}, "logprobs"),
         ({"prompt": "hi", "logprobs": "yes"}, "logprobs"),
-        ({"prompt": "hi", "echo": True, "stream": True, "logprobs": 0}, "echo"),
+        ({"prompt": "hi", "echo": True, "max_tokens": 0, "stream": True, "n": 2}, "n"),
         ({"prompt": "hi", "tah_iter_budget": 1.5}, None),
         ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     ],

@@ -184,8 +184,9 @@ def test_stop_token_ids(served):
     ids = client.post("/v1/completions", json=body).json()["choices"][0]["tah"]["token_ids"]
     out = client.post("/v1/completions", json={**body, "stop_token_ids": [ids[4]]}).json()
     got = out["choices"][0]["tah"]["token_ids"]
-    assert got == ids[: ids.index(ids[4]) + 1]
+    assert got == ids[: ids.index(ids[4])]  # the stop token is not part of the answer
     assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] == len(got)
 
 
 def test_null_fields_mean_defaults(served):

@@ -113,3 +113,27 @@ def test_every_flag_has_help_and_a_default():
         assert "default" in action.help, action.option_strings
     text = serve.format_help()
     assert "(default: 127.0.0.1)" in text and "(default: 8000)" in text
+
+
+def test_busy_port_is_one_clear_error_before_any_announcement(tmp_path, capsys, caplog):
+    """Issue 26 item 10: bind first, then announce."""
+    import logging
+    import socket
+
+    from tah.cli import main
+
+    caplog.set_level(logging.INFO)
+    model = tah_model("mlp")
+    model.tokenizer = char_tokenizer(64)
+    model.save_pretrained(tmp_path / "ckpt")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = main(["serve", "--model", str(tmp_path / "ckpt"), "--port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "already in use" in err, err
+    assert not any(
+        "serving" in r.getMessage() or "playground" in r.getMessage() for r in caplog.records
+    )

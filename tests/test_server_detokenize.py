@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from conftest import QWEN3_TOKENIZER, char_tokenizer
+from conftest import QWEN3_SKIP, QWEN3_TOKENIZER, char_tokenizer
 from tah.engine.detokenize import IncrementalDecoder
 
 
 @pytest.fixture(scope="module")
 def qwen3():
     if not QWEN3_TOKENIZER.is_dir():
-        pytest.skip("../shared/tokenizers/qwen3 is not available")
+        pytest.skip(QWEN3_SKIP)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("tah.cli.sweep", "accuracy and iteration share against the threshold"),
     "generate": ("tah.cli.generate", "generate text, coloured by iteration count"),
     "serve": ("tah.cli.serve", "OpenAI-compatible HTTP server"),
-    "demo": ("tah.cli.demo", "solve a sample problem with the bundled tiny model"),
+    "demo": ("tah.cli.demo", "solve sample word problems (5, or --count) with the bundled model"),
     "repro": ("tah.cli.repro", "reproduce the paper's pipeline at tiny scale"),
 }
 

@@ -49,7 +49,11 @@ def _load(model_dir: Path, threshold: float | None):
 
 def solve(model, task, seed: int, count: int) -> list[dict[str, Any]]:
     """``count`` problems from the demo stream, each query read teacher-forced as in the study:
-    TaH+'s answer, whether it took the second pass, and the first pass's answer alone."""
+    TaH+'s answer, whether it took the second pass, and the first pass's answer alone.
+
+    Teacher-forced, the ";" after each answer comes from the problem itself: the model was
+    never trained to write it (the loss covers answer tokens only), so a free-running decoder
+    would have to insert it after every answer."""
     import torch
 
     from tah.data.twohop import KINDS, sample_batch, table_pairs, vocabulary

@@ -8,6 +8,11 @@ Examples::
     tah eval --model ckpt/tah --datasets gsm8k --backend oracle --reference big-model
     tah eval --backend routing --small runs/0.6b --large runs/4b --target-params 1.7B
     tah eval --model ckpt/tah --datasets gsm8k --thresholds 0.5,0.7,0.9            # = tah sweep
+    tah eval --model ckpt/tah --datasets gsm8k --backend-option generator=core      # no engine
+
+The hf and tah backends generate on the engine with continuous batching where it runs the
+model (Llama / Qwen2 / Qwen3, duo-causal TaH with the mlp, always or never decider), else on
+the core generate with a one-line notice.
 """
 
 from __future__ import annotations

@@ -103,7 +103,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16"
     )
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="sequences in flight (engine: a finished one's row takes the next prompt at once) "
+        "or prompts per generate call",
+    )
     g.add_argument(
         "--grade-timeout", type=float, default=10.0, help="seconds per sample for grading"
     )
@@ -119,8 +125,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="backend-specific option, repeatable (softthink: soft_scope, soft_topk; "
-        "vllm: tensor_parallel_size; scripted: delay_s)",
+        help="backend-specific option, repeatable (hf, tah: generator=auto|engine|core, "
+        "auto = the engine with continuous batching where it runs the model; softthink: "
+        "soft_scope, soft_topk; vllm: tensor_parallel_size; scripted: delay_s)",
     )
     g.add_argument(
         "--trust-remote-code", action="store_true", help="let transformers run the model's own code"

@@ -1,8 +1,10 @@
-"""Terminal rendering of generated text coloured by iteration count (shared by generate/demo)."""
+"""Terminal rendering shared by the commands: generated text coloured by iteration count
+(generate, demo) and the worker / thread counts of a study (repro)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -50,3 +52,9 @@ def print_generation(console: Console, pieces, counts, stats, max_iter: int) -> 
     console.print()
     console.print(legend(max_iter))
     console.print(stats_line(stats), style="dim")
+
+
+def workers_text(config: Any) -> str:
+    """ "1 worker x 1 thread", "2 workers x 1 thread": a study's parallelism in words."""
+    workers = f"{config.workers} worker{'s' if config.workers != 1 else ''}"
+    return f"{workers} x {config.threads} thread{'s' if config.threads != 1 else ''}"

@@ -1,7 +1,7 @@
 """``tah repro tiny``: the paper's whole pipeline at laptop scale (see :mod:`tah.repro.tiny`).
 
     tah repro tiny                 # the reported table: 3 seeds, ~45-55 min on 2 idle cores
-    tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min of CPU
+    tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min on idle cores
     tah repro tiny --set finetune_steps=600 --set threshold=0.7 --output runs/repro-b
     tah repro twohop               # the depth-bound study (see tah.repro.twohop)
 
@@ -94,7 +94,20 @@ def configure(args: argparse.Namespace, make_preset, full: str) -> tuple[Any, st
     return config, args.output or (f"{name}-quick" if args.quick else name)
 
 
+def silence_transformers_progress() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers, here and in the
+    worker processes (they read the environment variable when they import it)."""
+    import os
+
+    from transformers.utils import logging as hf_logging
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.no_progress:
+        silence_transformers_progress()
     if args.scale == "twohop" and getattr(args, "decider_pairs", None):
         from tah.cli.repro_twohop import run_decider_pairs
 
@@ -115,13 +128,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config, output = configured
 
+    from tah.cli.render import workers_text
     from tah.repro.report import rich_table
     from tah.repro.tiny import run_repro
 
     console = Console()
     console.print(
         f"[bold]tah repro tiny[/] ({config.preset}): seeds {config.seeds}, "
-        f"{config.workers} workers x {config.threads} thread(s) → {output}"
+        f"{workers_text(config)} → {output}"
     )
     results = run_repro(config, output, show_progress=not args.no_progress)
     console.print(rich_table(results))

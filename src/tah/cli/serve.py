@@ -199,16 +199,19 @@ def run(args: argparse.Namespace) -> int:
 
     app = build_app(args)
     state = app.state.tah
-    logger.info(
-        "serving %s on http://%s:%d (max batch %d, context %d, depth %d, decider %s)",
-        state.model_name,
-        args.host,
-        args.port,
-        args.max_batch,
-        state.engine.max_len,
-        state.engine.max_iter,
-        state.engine.kind,
-    )
-    logger.info("playground: open http://%s:%d/ in a browser", args.host, args.port)
-    serve(app, host=args.host, port=args.port)
+
+    def announce(port: int) -> None:  # only once the port is ours
+        logger.info(
+            "serving %s on http://%s:%d (max batch %d, context %d, depth %d, decider %s)",
+            state.model_name,
+            args.host,
+            port,
+            args.max_batch,
+            state.engine.max_len,
+            state.engine.max_iter,
+            state.engine.kind,
+        )
+        logger.info("playground: open http://%s:%d/ in a browser", args.host, port)
+
+    serve(app, host=args.host, port=args.port, on_bound=announce)
     return 0

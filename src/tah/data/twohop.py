@@ -62,7 +62,10 @@ class TwoHopTask:
     queries: int = 6  # Q
     p_two_hop: float = 1 / 3  # the rest is split evenly between f and g
     # A ";" after every table pair and every query (the last id of the vocabulary, so the other
-    # ids do not move): marks the pair boundaries a lookup needs.
+    # ids do not move): marks the pair boundaries a lookup needs. The loss covers answer tokens
+    # only, so a trained model never writes the ";" after an answer: the study and the demo
+    # read answers teacher-forced (the ";" comes from the problem), and anything decoding
+    # freely, query after query, must insert the ";" itself after each answer.
     separators: bool = False
     # Two-hop queries written out, ``gf x F(x) G(F(x))``: the intermediate sits in the answer
     # slot and the final answer replaces the query's ";" (so needs ``separators``; every position

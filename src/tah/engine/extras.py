@@ -2,6 +2,10 @@
 entries (``tah.engine.trace``) in OpenAI's two wire formats, the echoed prompt, each token's
 decider probabilities and the compute budget's realised share in ``usage``.
 
+Like OpenAI's, the alternatives of a token (``logprobs`` / ``top_logprobs`` of them) always
+include the token itself: a sampled token outside the most probable ones is added as one more
+entry (so up to ``logprobs + 1``).
+
 ``/v1/completions`` (the legacy format lm-evaluation-harness reads): parallel lists
 ``tokens``, ``token_logprobs``, ``top_logprobs`` (``{token text: logprob}``) and
 ``text_offset``; with ``echo`` the prompt's tokens come first and the first has no logprob
@@ -18,6 +22,15 @@ def token_text(tokenizer: Any, token: int) -> str:
     if tokenizer is None:
         return f"<{token}>"
     return tokenizer.decode([int(token)], skip_special_tokens=False)
+
+
+def alternatives(entry: dict[str, Any]) -> list[list[Any]]:
+    """The entry's ``[id, logprob]`` alternatives, with the chosen token added if it is not
+    among them (none asked for: none given)."""
+    top = entry["top"]
+    if top and all(i != entry["token"] for i, _ in top):
+        return [*top, [entry["token"], entry["logprob"]]]
+    return top
 
 
 def completion_logprobs(
@@ -42,7 +55,7 @@ def completion_logprobs(
             continue
         out["token_logprobs"].append(entry["logprob"])
         top: dict[str, float] = {}
-        for i, lp in entry["top"]:
+        for i, lp in alternatives(entry):
             top.setdefault(token_text(tokenizer, i), lp)
         out["top_logprobs"].append(top)
     return out
@@ -63,7 +76,7 @@ def chat_logprobs(tokenizer: Any, entries: list[dict[str, Any]]) -> dict[str, li
                         "logprob": lp,
                         "bytes": list(alt.encode("utf-8")),
                     }
-                    for i, lp in entry["top"]
+                    for i, lp in alternatives(entry)
                 ],
             }
         )
@@ -120,6 +133,13 @@ class RunExtras:
             prompt = list(self.prompt_logprobs or [None] * len(run.prompt_ids))
             entries, tokens = prompt + entries, list(run.prompt_ids) + tokens
         return completion_logprobs(tok, entries, tokens)
+
+    def echo_logprobs(self, run: Any) -> dict[str, list] | None:
+        """The echoed prompt's tokens alone (a stream's first chunk)."""
+        if run.params.logprobs is None:
+            return None
+        entries = list(self.prompt_logprobs or [None] * len(run.prompt_ids))
+        return completion_logprobs(run.state.tokenizer, entries, list(run.prompt_ids))
 
     def chat_logprobs(self, run: Any) -> dict[str, list] | None:
         if run.params.logprobs is None:

@@ -8,6 +8,13 @@ clients send it, and turn every invalid value into a 4xx whose message names the
 OpenAI features the engine does not implement (tools, ``response_format``, penalties,
 ``logit_bias``) are rejected with a 400 that says so when a request asks for them, rather than
 silently ignored; their neutral values (``presence_penalty: 0``, ``tools: []`` ...) are accepted.
+So are fields one endpoint has and the other lacks (``echo`` on chat, ``top_logprobs`` on
+completions), ``best_of`` above 1, ``min_tokens`` above 0 (the engine cannot mask the end of
+the answer yet) and a ``max_iter`` deeper than the model: refused, never ignored or clamped.
+
+Types are strict (pydantic's strict mode): a boolean is not a number (``"max_tokens": true``)
+and a string is not a boolean (``"echo": "yes"``); an integer is a number where a float is
+expected (``"temperature": 1``), as in JSON.
 """
 
 from __future__ import annotations
@@ -142,7 +149,7 @@ def parse_json(raw: bytes) -> Any:
 
 # ---------------------------------------------------------------------- request bodies
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     max_tokens: int | None = None
@@ -169,16 +176,21 @@ class _Common(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, Any] | None = None
+    best_of: int | None = None
+    min_tokens: int | None = None
+    # A field of the other endpoint: refused by name (see _reject_unsupported).
+    echo: Any = None
+    top_logprobs: Any = None
 
 
 class CompletionBody(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = ""
@@ -187,7 +199,7 @@ class ChatMessage(BaseModel):
 class ChatBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = None  # type: ignore[assignment]
     tools: list[Any] | None = None
     functions: list[Any] | None = None
     tool_choice: Any = None
@@ -206,8 +218,30 @@ def _reject_unsupported(p: CompletionBody | ChatBody) -> None:
         raise APIError(
             400, "logit_bias is not supported by this server", "unsupported", "logit_bias"
         )
+    if p.best_of not in (None, 1):
+        raise APIError(
+            400, "best_of is not supported by this server (only 1)", "unsupported", "best_of"
+        )
+    if p.min_tokens not in (None, 0):
+        raise APIError(
+            400,
+            "min_tokens is not supported by this server (only 0): the engine cannot hold "
+            "back the end of the answer",
+            "unsupported",
+            "min_tokens",
+        )
     if not isinstance(p, ChatBody):
+        if p.top_logprobs is not None:
+            raise APIError(
+                400,
+                "top_logprobs is a chat field; /v1/completions takes logprobs: <number of "
+                "alternatives>",
+                "unsupported",
+                "top_logprobs",
+            )
         return
+    if p.echo not in (None, False):
+        raise APIError(400, "echo is not supported on /v1/chat/completions", "unsupported", "echo")
     for name in ("tools", "functions"):
         if getattr(p, name):
             raise APIError(
@@ -267,22 +301,21 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             "invalid_value",
             "stop",
         )
+    fits = _SizeCheck(state)
     if chat:
-        ids = _chat_ids(tok, p)  # type: ignore[arg-type]
+        ids = _chat_ids(tok, p, fits)  # type: ignore[arg-type]
     else:
         if p.suffix:  # type: ignore[union-attr]
             raise APIError(400, "suffix is not supported", "unsupported", "suffix")
-        if p.echo and p.stream:  # type: ignore[union-attr]
-            raise APIError(400, "echo is not supported with stream", "unsupported", "echo")
-        ids = _prompt_ids(tok, p.prompt)  # type: ignore[union-attr]
-    max_tokens = p.max_tokens
-    if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
-        max_tokens = p.max_completion_tokens  # type: ignore[union-attr]
-    if max_tokens is None:
-        max_tokens = 16 if not chat else max(engine.max_len - len(ids), 1)
-    if max_tokens < 1:
+        ids = _prompt_ids(tok, p.prompt, fits)  # type: ignore[union-attr]
+    echo = not chat and bool(p.echo)
+    max_tokens = _max_tokens(p, chat, echo, engine.max_len - len(ids))
+    if p.max_iter is not None and p.max_iter > engine.max_iter:
         raise APIError(
-            400, f"max_tokens must be >= 1, got {max_tokens}", "invalid_value", "max_tokens"
+            400,
+            f"max_iter {p.max_iter} exceeds this model's depth of {engine.max_iter}",
+            "invalid_value",
+            "max_iter",
         )
     top_k = 0 if p.top_k in (None, -1) else p.top_k
     vocab = engine.shape.vocab_size
@@ -307,7 +340,7 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
         max_iter=p.max_iter,
         iter_budget=p.tah_iter_budget,
         logprobs=logprobs,
-        echo=bool(getattr(p, "echo", False)) and logprobs is not None,  # prompt logprobs
+        echo=echo and logprobs is not None,  # prompt logprobs
         decider_probs=bool(p.tah_decider_probs),
     )
     try:
@@ -320,6 +353,24 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             400, f"prompt of {len(ids)} tokens exceeds the context", "context_length_exceeded"
         )
     return ids, params
+
+
+def _max_tokens(p: CompletionBody | ChatBody, chat: bool, echo: bool, room: int) -> int:
+    """The engine's max_tokens: OpenAI's default (16, or for chat the room the prompt leaves);
+    0 with echo scores the prompt alone (the one token the engine draws is not returned)."""
+    max_tokens = p.max_tokens
+    if chat and p.max_completion_tokens is not None:  # type: ignore[union-attr]
+        max_tokens = p.max_completion_tokens  # type: ignore[union-attr]
+    if max_tokens is None:
+        return 16 if not chat else max(room, 1)
+    if max_tokens == 0 and echo:
+        return 1
+    if max_tokens < 1:
+        hint = " (0 only with echo, to score the prompt alone)" if not chat else ""
+        raise APIError(
+            400, f"max_tokens must be >= 1{hint}, got {max_tokens}", "invalid_value", "max_tokens"
+        )
+    return max_tokens
 
 
 def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
@@ -345,7 +396,25 @@ def _logprobs(p: CompletionBody | ChatBody, chat: bool) -> int | None:
     return top
 
 
-def _prompt_ids(tok, prompt) -> list[int]:
+class _SizeCheck:
+    """Refuses, before tokenizing, a text whose token count surely reaches the context."""
+
+    def __init__(self, state) -> None:
+        self.floor = getattr(state, "token_floor", None)
+        self.max_len = state.engine.max_len
+
+    def __call__(self, text: str) -> None:
+        least = self.floor.floor(text) if self.floor is not None else 0
+        if least >= self.max_len:
+            raise APIError(
+                400,
+                f"prompt of {len(text)} characters is at least {least} tokens, beyond the "
+                f"context of {self.max_len} tokens",
+                "context_length_exceeded",
+            )
+
+
+def _prompt_ids(tok, prompt, fits) -> list[int]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
@@ -353,6 +422,7 @@ def _prompt_ids(tok, prompt) -> list[int]:
             raise APIError(
                 400, "this model has no tokenizer: send the prompt as token ids", "no_tokenizer"
             )
+        fits(prompt)
         return list(tok.encode(prompt))
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
         return list(prompt)
@@ -364,7 +434,7 @@ def _prompt_ids(tok, prompt) -> list[int]:
     )
 
 
-def _chat_ids(tok, p: ChatBody) -> list[int]:
+def _chat_ids(tok, p: ChatBody, fits) -> list[int]:
     if tok is None or not getattr(tok, "chat_template", None):
         raise APIError(
             400, "this model has no chat template: use /v1/completions", "no_chat_template"
@@ -385,6 +455,7 @@ def _chat_ids(tok, p: ChatBody) -> list[int]:
         raise APIError(
             400, f"cannot apply the chat template: {exc}", "invalid_value", "messages"
         ) from None
+    fits(text)
     return list(tok.encode(text, add_special_tokens=False))
 
 

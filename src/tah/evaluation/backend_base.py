@@ -7,7 +7,7 @@ backends live in ``backends.py`` (hf, tah, scripted and the factory), ``softthin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +95,19 @@ class Backend:
     ) -> list[Generation]:
         raise NotImplementedError
 
+    def stream(
+        self,
+        prompts: Sequence[str] | Sequence[list[int]],
+        params: SamplingParams,
+        seeds: Sequence[int],
+        budgets: Sequence[int],
+        batch_size: int,
+    ) -> Iterator[tuple[int, Generation]] | None:
+        """Continuous batching: ``(index, Generation)`` per prompt as each one finishes, with
+        ``budgets[i]`` (>= 1) new tokens at most for prompt ``i``; None = this backend
+        generates batch by batch through :meth:`generate` instead."""
+        return None
+
     def token_budgets(self, prompts: Sequence[str] | Sequence[list[int]], limit: int) -> list[int]:
         """New tokens each prompt may get: ``limit``, capped by what its own prompt leaves of
         the context (never by its batch neighbours); 0 = the prompt alone fills the context."""
@@ -156,10 +169,17 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
 
 def prompt_lengths(tokenizer: Any, prompts: Sequence[str] | Sequence[list[int]]) -> list[int]:
     """Token count of each prompt, tokenised as :func:`encode_prompts` does."""
+    return [len(ids) for ids in prompt_token_ids(tokenizer, prompts)]
+
+
+def prompt_token_ids(
+    tokenizer: Any, prompts: Sequence[str] | Sequence[list[int]]
+) -> list[list[int]]:
+    """Each prompt's token ids (templated text gets no extra special tokens)."""
     if prompts and not isinstance(prompts[0], str):
-        return [len(p) for p in prompts]
+        return [list(map(int, p)) for p in prompts]
     add_special = not has_chat_template(tokenizer)
-    return [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
+    return [list(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
 
 
 def encode_prompts(
@@ -168,11 +188,7 @@ def encode_prompts(
     """Left-padded (input_ids, attention_mask); templated text gets no extra special tokens."""
     import torch
 
-    if prompts and not isinstance(prompts[0], str):
-        rows = [list(map(int, p)) for p in prompts]
-    else:
-        add_special = not has_chat_template(tokenizer)
-        rows = [tokenizer(p, add_special_tokens=add_special)["input_ids"] for p in prompts]
+    rows = prompt_token_ids(tokenizer, prompts)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

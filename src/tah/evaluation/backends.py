@@ -2,13 +2,14 @@
 
 A backend turns already-templated prompts into :class:`Generation` records. Backends:
 
-* ``hf``: a plain ``AutoModelForCausalLM.generate`` with left padding (Standard baseline).
-  Sampling uses our per-row seeded processor (see ``sampling.py``) so a sample's text does not
-  depend on its batch neighbours.
-* ``tah``: ``TaHForCausalLM.from_pretrained`` + ``.generate``; ``decider="always"`` gives the
-  AlwaysThink baseline, ``threshold`` overrides tau. The core's ``generate`` takes one seed, so
-  a batch is seeded from its first sample (``seeding="per-batch"``; use batch size 1 for
-  per-sample reproducibility).
+* ``hf``: a plain causal LM (Standard baseline) and ``tah``: a TaH checkpoint
+  (``TaHForCausalLM.from_pretrained``; ``decider="always"`` gives the AlwaysThink baseline,
+  ``threshold`` overrides tau). Both generate on the engine with continuous batching
+  (``continuous_batching.py``) where it runs the model, else, or with the backend option
+  ``generator=core``, through ``AutoModelForCausalLM.generate`` / ``TaHForCausalLM.generate``
+  with left padding. Every sample draws from its own seeded generator, so its text does not
+  depend on its batch neighbours (the hf core path through our per-row seeded processor, see
+  ``sampling.py``).
 * ``softthink`` and ``oracle``: own decode loops, in ``softthink.py`` and ``oracle.py``.
 * ``vllm`` / ``sglang``: optional engines for plain checkpoints (``engines.py``); a clear
   error when the package is missing.
@@ -40,6 +41,7 @@ from tah.evaluation.backend_base import (  # noqa: F401 (re-exported: the public
     encode_prompts,
     iter_summary,
     load_tokenizer,
+    prompt_token_ids,
     stop_token_ids,
 )
 from tah.evaluation.sampling import make_hf_processor
@@ -49,8 +51,62 @@ from tah.model.loading import check_model_source, resolve_device, resolve_dtype
 BACKENDS = ("hf", "tah", "softthink", "oracle", "vllm", "sglang", "scripted")
 
 
+# ---------------------------------------------------------------------------------- engine
+class EngineBackedBackend(Backend):
+    """A backend that generates on the engine when it can (``generator`` option: auto,
+    engine or core; see ``continuous_batching.py``) and through its core path otherwise."""
+
+    model_path = ""
+    stops: list[int]
+    threshold: float | None = None
+    iter_budget: float | None = None
+    engine_gen: Any = None
+    generator_note = ""
+
+    def _use_engine(self, requested: str, factory: Any, record_entropy: bool = False) -> None:
+        from tah.evaluation.continuous_batching import EngineGenerator, choose_generator
+
+        make, self.generator_note = choose_generator(requested, factory, self.model_path)
+        if make is not None:
+            self.engine_gen = EngineGenerator(make, self.tokenizer, self.stops, record_entropy)
+
+    def info(self) -> dict[str, Any]:
+        out = {**super().info(), "generator": "core" if self.engine_gen is None else "engine"}
+        if self.generator_note:
+            out["generator_note"] = self.generator_note
+        return out
+
+    def stream(self, prompts, params, seeds, budgets, batch_size):  # type: ignore[override]
+        if self.engine_gen is None:
+            return None
+        return self.engine_gen.stream(
+            prompt_token_ids(self.tokenizer, prompts),
+            params,
+            seeds,
+            budgets,
+            batch_size,
+            threshold=self.threshold,
+            iter_budget=self.iter_budget,
+        )
+
+    def generate(self, prompts, params, seeds):  # type: ignore[override]
+        if self.engine_gen is None:
+            return self.core_generate(prompts, params, seeds)
+        budgets = [params.max_new_tokens] * len(prompts)
+        gens: list[Generation | None] = [None] * len(prompts)
+        for i, gen in self.stream(prompts, params, seeds, budgets, len(prompts)):
+            gens[i] = gen
+        return gens
+
+    def core_generate(self, prompts, params, seeds) -> list[Generation]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.engine_gen = None
+
+
 # ---------------------------------------------------------------------------------- hf
-class HFBackend(Backend):
+class HFBackend(EngineBackedBackend):
     """A plain transformers causal LM (the Standard baseline)."""
 
     name = "hf"
@@ -62,6 +118,7 @@ class HFBackend(Backend):
         self.model_path = model_path
         self.device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, self.device)
+        generator = options.take("generator", "auto")
         options.reject_unused(self.name)
         self.tokenizer = load_tokenizer(model_path, options.trust_remote_code)
         if Path(model_path).is_dir():
@@ -84,6 +141,13 @@ class HFBackend(Backend):
             eos_token_id=self.stops, pad_token_id=self.tokenizer.pad_token_id
         )
         self._torch = torch
+        from tah.evaluation.continuous_batching import plain_engine_factory
+
+        self._use_engine(
+            generator,
+            lambda: plain_engine_factory(self.model, self.stops, self.tokenizer),
+            record_entropy=True,  # question-level routing's score, as the core path records
+        )
 
     def info(self) -> dict[str, Any]:
         return {
@@ -93,7 +157,7 @@ class HFBackend(Backend):
             "n_params": count_parameters(self.model),
         }
 
-    def generate(self, prompts, params, seeds):  # type: ignore[override]
+    def core_generate(self, prompts, params, seeds):  # type: ignore[override]
         from transformers import GenerationConfig, LogitsProcessorList
 
         torch = self._torch
@@ -137,15 +201,15 @@ class HFBackend(Backend):
         return gens
 
     def close(self) -> None:
+        super().close()
         self.model = None
 
 
 # ---------------------------------------------------------------------------------- tah
-class TaHBackend(Backend):
-    """A TaH checkpoint through the core's ``generate`` (TaH, TaH+, AlwaysThink)."""
+class TaHBackend(EngineBackedBackend):
+    """A TaH checkpoint (TaH, TaH+, AlwaysThink) on the engine or the core's ``generate``."""
 
     name = "tah"
-    seeding = "per-batch"
 
     def __init__(self, model_path: str, options: BackendOptions) -> None:
         import torch
@@ -155,6 +219,7 @@ class TaHBackend(Backend):
         self.model_path = model_path
         self.device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, self.device)
+        generator = options.take("generator", "auto")
         options.reject_unused(self.name)
         self.threshold = options.threshold
         self.iter_budget = options.iter_budget
@@ -173,6 +238,11 @@ class TaHBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stops = stop_token_ids(self.tokenizer, self.model.base_model)
         self._torch = torch
+        from tah.evaluation.continuous_batching import tah_engine_factory
+
+        self._use_engine(
+            generator, lambda: tah_engine_factory(self.model, self.stops, self.tokenizer)
+        )
 
     def info(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -187,7 +257,7 @@ class TaHBackend(Backend):
             "iter_budget": self.iter_budget,
         }
 
-    def generate(self, prompts, params, seeds):  # type: ignore[override]
+    def core_generate(self, prompts, params, seeds):  # type: ignore[override]
         torch = self._torch
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
         start = time.perf_counter()
@@ -202,7 +272,7 @@ class TaHBackend(Backend):
                 top_p=params.top_p,
                 min_p=params.min_p,
                 eos_token_id=self.stops if len(self.stops) > 1 else self.stops[0],
-                seed=int(seeds[0]) if len(seeds) else None,
+                seed=[int(s) for s in seeds],  # one generator per row: per-sample seeding
                 threshold=self.threshold,
                 iter_budget=self.iter_budget,
             )
@@ -226,6 +296,7 @@ class TaHBackend(Backend):
         return gens
 
     def close(self) -> None:
+        super().close()
         self.model = None
 
 

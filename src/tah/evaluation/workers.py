@@ -1,9 +1,10 @@
 """The worker side of an evaluation run: generate, grade and append each sample to a shard.
 
 This module holds what runs inside one worker process (or in the parent when there is a single
-job): building the backend and grader, rendering prompts, generating a batch so that each row's
-token budget depends on its own prompt only (a prompt that fills the context is recorded as
-``prompt_too_long`` instead of stopping the run), grading, and appending one flushed line per
+job): building the backend and grader, rendering prompts, generating them (continuously
+batched on the engine, or batch by batch) so that each row's token budget depends on its own
+prompt only (a prompt that fills the context is recorded as ``prompt_too_long`` instead of
+stopping the run), grading each answer as soon as it is ready, and appending one flushed line per
 sample to the worker's own shard; plus the process entry point, which dies with its parent,
 shares the cores, and reports readiness, progress, completion or the error to the parent over a
 queue. Selecting the work, starting the processes and merging their shards live in
@@ -19,7 +20,7 @@ import logging
 import os
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tah.errors import TaHError
@@ -59,52 +60,91 @@ def generate_and_grade(
     emit(("ready", worker, backend.info()))
     grader = Grader(config.grade_time_limit, profile=config.grading)
     try:
+        prompts = [
+            render_prompt(
+                backend.tokenizer,
+                it["question"],
+                config.prompt_style,
+                config.chat_template,
+                config.enable_thinking,
+            )
+            for it in items
+        ]
         with open(shard, "a", encoding="utf-8") as handle:
-            for start in range(0, len(items), config.batch_size):
-                batch = items[start : start + config.batch_size]
-                prompts = [
-                    render_prompt(
-                        backend.tokenizer,
-                        it["question"],
-                        config.prompt_style,
-                        config.chat_template,
-                        config.enable_thinking,
-                    )
-                    for it in batch
-                ]
-                gens = generate_within_context(backend, prompts, config.sampling, batch)
-                for it, prompt, gen in zip(batch, prompts, gens):
-                    grade = grader.grade(gen.text, it["gold"], it["answer_type"])
-                    status = PROMPT_TOO_LONG if gen.finish_reason == PROMPT_TOO_LONG else None
-                    row = {
-                        "dataset": it["dataset"],
-                        "problem_id": it["problem_id"],
-                        "problem_index": it["problem_index"],
-                        "sample": it["sample"],
-                        "seed": it["seed"],
-                        "prompt": prompt,
-                        "output": gen.text,
-                        "extracted": grade.extracted,
-                        "gold": it["gold"],
-                        "answer_type": it["answer_type"],
-                        "correct": grade.correct,
-                        "has_answer": grade.has_answer,
-                        "grade_status": status or grade.status,
-                        "n_tokens": gen.n_tokens,
-                        "finish_reason": gen.finish_reason,
-                        "iter": gen.iter_counts,
-                        "time_s": gen.time_s,
-                        "grade_time_s": grade.time_s,
-                        "worker": worker,
-                        "extra": gen.extra,
-                    }
-                    append_row(handle, row)
-                    emit(("sample", worker, it["dataset"]))
+            for i, gen in generations(backend, prompts, config, items):
+                it = items[i]
+                grade = grader.grade(gen.text, it["gold"], it["answer_type"])
+                status = PROMPT_TOO_LONG if gen.finish_reason == PROMPT_TOO_LONG else None
+                row = {
+                    "dataset": it["dataset"],
+                    "problem_id": it["problem_id"],
+                    "problem_index": it["problem_index"],
+                    "sample": it["sample"],
+                    "seed": it["seed"],
+                    "prompt": prompts[i],
+                    "output": gen.text,
+                    "extracted": grade.extracted,
+                    "gold": it["gold"],
+                    "answer_type": it["answer_type"],
+                    "correct": grade.correct,
+                    "has_answer": grade.has_answer,
+                    "grade_status": status or grade.status,
+                    "n_tokens": gen.n_tokens,
+                    "finish_reason": gen.finish_reason,
+                    "iter": gen.iter_counts,
+                    "time_s": gen.time_s,
+                    "grade_time_s": grade.time_s,
+                    "worker": worker,
+                    "extra": gen.extra,
+                }
+                append_row(handle, row)
+                emit(("sample", worker, it["dataset"]))
                 if parent_pid is not None and os.getppid() != parent_pid:
                     return  # orphaned: stop writing
     finally:
         grader.close()
         backend.close()
+
+
+def generations(
+    backend: Backend, prompts: list[Any], config: EvalConfig, items: list[dict[str, Any]]
+) -> Iterator[tuple[int, Generation]]:
+    """``(index, Generation)`` for every prompt, each as soon as it is ready.
+
+    A backend with continuous batching gets every prompt at once and keeps up to
+    ``--batch-size`` in flight; the others generate consecutive batches. Either way each row's
+    token budget depends on its own prompt only, and a prompt that fills the context alone is
+    recorded as ``prompt_too_long`` instead of stopping the run.
+    """
+    sampling = config.sampling
+    budgets = backend.token_budgets(prompts, sampling.max_new_tokens)
+    fits = [i for i, b in enumerate(budgets) if b >= 1]
+    if len(fits) < len(prompts):
+        log.warning(
+            "%d prompt(s) do not fit the model's context of %s tokens; recorded as %s",
+            len(prompts) - len(fits),
+            backend.context_length,
+            PROMPT_TOO_LONG,
+        )
+        for i, b in enumerate(budgets):
+            if b < 1:
+                yield i, Generation("", [], 0, iter_summary([]), 0.0, PROMPT_TOO_LONG)
+    stream = backend.stream(
+        [prompts[i] for i in fits],
+        sampling,
+        [items[i]["seed"] for i in fits],
+        [budgets[i] for i in fits],
+        config.batch_size,
+    )
+    if stream is not None:
+        for j, gen in stream:
+            yield fits[j], gen
+        return
+    for start in range(0, len(fits), config.batch_size):
+        rows = fits[start : start + config.batch_size]
+        batch = [items[i] for i in rows]
+        gens = generate_within_context(backend, [prompts[i] for i in rows], sampling, batch)
+        yield from zip(rows, gens)
 
 
 def generate_within_context(

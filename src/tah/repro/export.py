@@ -17,6 +17,9 @@ from tah.repro.methods import METHODS, model_dir
 
 __all__ = ["export_checkpoint", "export_twohop_checkpoint"]
 
+# How the two-hop arms are named where users read them (the summary the demo prints).
+ARM_NAMES = {"tahplus": "TaH+", "standard": "Standard", "alwaysthink": "AlwaysThink"}
+
 
 def export_checkpoint(
     out: str | Path, seed: int, dest: str | Path, method: str = "tahplus"
@@ -95,7 +98,7 @@ def export_twohop_checkpoint(out: str | Path, seed: int, dest: str | Path) -> Pa
     summary = (
         f"trained by `tah repro twohop` (seed {seed}, gate "
         f"{'passed' if results['gate']['passed'] else 'FAILED'}): two-hop accuracy "
-        + ", ".join(f"{arm} {value:.1f} %" for arm, value in acc.items())
+        + ", ".join(f"{ARM_NAMES[arm]} {value:.1f} %" for arm, value in acc.items())
         + f" on {results['config']['test_problems']} held-out problems; "
         f"{100 * row['tahplus']['share_tokens_iterating']:.1f} % of TaH+'s tokens ran depth 2"
     )
