@@ -13,7 +13,8 @@ measures, at each batch size B, tokens/s of
 * ``hf``          Hugging Face ``generate`` of the plain model,
 * ``core``        ``TaHForCausalLM.generate`` with an MLP decider,
 * ``engine``      the engine serving the plain model,
-* ``engine_tah``  the engine serving the TaH model,
+* ``engine_tah``  the engine serving the TaH model (speculative depth 1 per ``--speculate``),
+* ``engine_tah_nospec``  the same without speculation,
 
 all sampling (temperature 1, no top-k/top-p, seeded) the same number of new tokens after the
 same random prompts, EOS disabled, and prints the ratios. Sampling instead of greedy keeps the
@@ -26,10 +27,15 @@ the engines ``--rounds`` x B prompts with B rows, so new requests take rows as o
 Times are wall-clock; ``--cpu-time`` uses process CPU time instead, which is steadier on a
 machine shared with other jobs (use it with ``--threads 1``).
 
-Targets (issues #6, #13): engine_tah >= 0.90 x engine at ~6 % iterating; engine_tah >= 5 x core
-at batch 16. ``steps engine/tah`` is the ratio of the engines' step counts: a token that thinks
-again costs its row one more step, so where a step costs the same whatever its rows (decode on a
-GPU, bound by reading the weights) this is about the best tah/engine can reach in that run.
+Targets (issues #6, #13, #24): engine_tah >= 0.90 x engine at ~6 % iterating; engine_tah >= 5 x
+core at batch 16; at most 0.6 extra steps per iterating token at batch 1 (continuous mode).
+``steps engine/tah`` is the ratio of the engines' step counts: without speculation a token that
+thinks again costs its row one more step, so where a step costs the same whatever its rows
+(decode on a GPU, bound by reading the weights) this is about the best tah/engine can reach in
+that run. ``extra steps/iter`` is (TaH engine steps - plain engine steps) / iterating tokens,
+and ``accepted`` the share of speculative drafts kept (``tah.engine.speculate``). The bench
+samples, so ``--speculate all`` (the default here) is what speculates; the engine's own
+default, ``greedy``, leaves sampled requests alone.
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def calibrate(tah, engine, prompts: list[list[int]], new_tokens: int, rate: floa
     probabilities over sequences the engine generated give the quantile; two rounds, since
     the threshold changes the sequences a little.
     """
-    from tah.engine.sampling import SamplingParams
+    from tah.model.sampling import SamplingParams
 
     params = [
         SamplingParams(max_tokens=new_tokens, temperature=1.0, seed=100 + i)
@@ -127,7 +133,7 @@ def best_time(repeats: int, clock: Clock, fn, *args):
     return best, result
 
 
-SYSTEMS = ("hf", "core", "engine", "engine_tah")
+SYSTEMS = ("hf", "core", "engine", "engine_tah", "engine_tah_nospec")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> dict:
     from rich.table import Table
 
     from tah.engine.engine import Engine
-    from tah.engine.sampling import SamplingParams
+    from tah.model.sampling import SamplingParams
 
     console = Console(width=150)
     if args.threads:
@@ -149,7 +155,8 @@ def run(args: argparse.Namespace) -> dict:
     max_len = args.prompt_len + args.new_tokens
     common = dict(max_batch=max_batch, max_len=max_len, eos_token_ids=[], compile_mode=args.compile)
     plain = Engine.from_hf_model(hf, **common)
-    engine = Engine.from_tah_model(tah, **common)
+    engine = Engine.from_tah_model(tah, **common, speculate_depth1=args.speculate)
+    nospec = Engine.from_tah_model(tah, **common, speculate_depth1="off")
     gen = torch.Generator().manual_seed(7)
 
     def prompts_for(n: int) -> list[list[int]]:
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
 
     threshold = calibrate(tah, engine, prompts_for(8), args.new_tokens, args.iter_rate)
     tah.set_threshold(threshold)
-    engine.threshold = threshold
+    engine.threshold = nospec.threshold = threshold
     clock = Clock(args.cpu_time, args.device)
     rounds = args.rounds if args.mode == "continuous" else 1
 
@@ -191,15 +198,15 @@ def run(args: argparse.Namespace) -> dict:
             for i in range(len(prompts))
         ]
         eng.max_active = slots
-        before = eng.stats["steps"]
+        before = dict(eng.stats)
         try:
             outs = eng.generate(prompts, params)
         finally:
             eng.max_active = None
-        steps[id(eng)] = eng.stats["steps"] - before
+        steps[id(eng)] = {k: eng.stats[k] - before[k] for k in ("steps", "drafts", "accepted")}
         return [c for o in outs for c in o.iter_counts]
 
-    steps: dict[int, int] = {}
+    steps: dict[int, dict[str, int]] = {}
 
     rows = []
     with Progress(console=console, transient=True) as progress:
@@ -210,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
                 torch.tensor(prompts[i : i + b], device=args.device)
                 for i in range(0, len(prompts), b)
             ]
-            for eng in (plain, engine):  # warm-up (allocations, first-call costs)
+            for eng in (plain, engine, nospec):  # warm-up (allocations, first-call costs)
                 eng.generate(prompts[:b], SamplingParams(max_tokens=4))
             n_tokens = len(prompts) * args.new_tokens
             runs = {
@@ -218,25 +225,38 @@ def run(args: argparse.Namespace) -> dict:
                 "core": (core_run, batches),
                 "engine": (engine_run, plain, prompts, b),
                 "engine_tah": (engine_run, engine, prompts, b),
+                "engine_tah_nospec": (engine_run, nospec, prompts, b),
             }
+            engines = {"engine": plain, "engine_tah": engine, "engine_tah_nospec": nospec}
             row: dict = {"batch": b, "tokens": n_tokens}
             for name in args.systems:
                 fn, *fn_args = runs[name]
                 seconds, counts = best_time(args.repeats, clock, fn, *fn_args)
                 row[f"{name}_tok_s"] = n_tokens / seconds
-                if name in ("core", "engine_tah"):
+                if name in ("core", "engine_tah", "engine_tah_nospec"):
                     row[f"iter_share_{name}"] = sum(c > 1 for c in counts) / len(counts)
-                if name in ("engine", "engine_tah"):
-                    row[f"{name}_steps"] = steps[id(plain if name == "engine" else engine)]
+                    row[f"iterating_{name}"] = sum(c > 1 for c in counts)
+                if name in engines:
+                    ran = steps[id(engines[name])]
+                    row[f"{name}_steps"] = ran["steps"]
+                    if ran["drafts"]:
+                        row[f"{name}_accepted"] = ran["accepted"] / ran["drafts"]
                 progress.advance(task)
-            if "engine_steps" in row and "engine_tah_steps" in row:
-                # a token that thinks again costs its row a step: the step-count ratio bounds
-                # tah/engine where a step costs the same whatever its rows (memory-bound GPUs)
-                row["steps_ratio"] = row["engine_steps"] / row["engine_tah_steps"]
+            for name in ("engine_tah", "engine_tah_nospec"):
+                if "engine_steps" in row and f"{name}_steps" in row:
+                    # without speculation a token that thinks again costs its row a step: the
+                    # step-count ratio bounds tah/engine where a step costs the same whatever
+                    # its rows (memory-bound GPUs)
+                    suffix = "" if name == "engine_tah" else "_nospec"
+                    extra = row[f"{name}_steps"] - row["engine_steps"]
+                    row[f"steps_ratio{suffix}"] = row["engine_steps"] / row[f"{name}_steps"]
+                    iterating = row[f"iterating_{name}"]
+                    row[f"extra_steps_per_iter{suffix}"] = extra / iterating if iterating else 0.0
             for key, num, den in (
                 ("engine_vs_hf", "engine", "hf"),
                 ("tah_vs_engine", "engine_tah", "engine"),
                 ("tah_vs_core", "engine_tah", "core"),
+                ("spec_vs_nospec", "engine_tah", "engine_tah_nospec"),
             ):
                 if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
                     row[key] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
@@ -256,7 +276,12 @@ def run(args: argparse.Namespace) -> dict:
         ("engine_vs_hf", "engine/hf", "{:.2f}"),
         ("tah_vs_engine", "tah/engine", "{:.2f}"),
         ("tah_vs_core", "tah/core", "{:.2f}"),
+        ("spec_vs_nospec", "tah spec/nospec", "{:.2f}"),
         ("steps_ratio", "steps engine/tah", "{:.2f}"),
+        ("steps_ratio_nospec", "steps engine/nospec", "{:.2f}"),
+        ("extra_steps_per_iter", "extra steps/iter", "{:.2f}"),
+        ("extra_steps_per_iter_nospec", "extra/iter nospec", "{:.2f}"),
+        ("engine_tah_accepted", "accepted", "{:.1%}"),
         ("iter_share_engine_tah", "iter% tah", "{:.1%}"),
         ("iter_share_core", "iter% core", "{:.1%}"),
     ]
@@ -280,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from tah.engine import COMPILE_MODES
+    from tah.engine.options import SPECULATE_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="model preset")
@@ -304,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile the engines' layer stacks (warm-up runs absorb the compilation)",
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--speculate",
+        choices=SPECULATE_MODES,
+        default="all",
+        help="engine_tah's speculative depth 1 (the bench samples: 'all' speculates)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here")

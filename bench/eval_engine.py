@@ -81,7 +81,7 @@ def measure(backend, prompts, items, config) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from tah.evaluation.backends import BackendOptions, make_backend
     from tah.evaluation.eval_config import EvalConfig
-    from tah.evaluation.sampling import SamplingParams
+    from tah.evaluation.sampling import paper_sampling
     from tah.model.loading import bundled_model_path
 
     torch.set_num_threads(args.threads)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             for g in ("engine", "core")
         }
         prompts, items = work(backends["core"].tokenizer, args.problems)
-        sampling = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
+        sampling = paper_sampling(temperature=0, max_tokens=args.max_new_tokens)
         config = EvalConfig(
             model=path, datasets=["bench"], output="", batch_size=args.batch_size,
             sampling=sampling,

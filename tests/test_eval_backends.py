@@ -8,12 +8,12 @@ import torch
 from tah.errors import ConfigError
 from tah.evaluation.backends import BackendOptions, make_backend
 from tah.evaluation.prompts import render_prompt
-from tah.evaluation.sampling import RowSampler, SamplingParams, warp_logits
+from tah.evaluation.sampling import RowSampler, paper_sampling, warp_logits
 from test_eval_helpers import one_thread, save_tiny_model, save_tiny_tah
 
 torch.set_flush_denormal(True)
 QUESTIONS = ["What is 1+1?", "Compute 12*12, please, and box it."]
-GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
+GREEDY = paper_sampling(temperature=0, max_tokens=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,7 +64,7 @@ def test_hf_greedy_matches_reference_loop(hf):
 
 
 def test_hf_sampling_is_per_sample_not_per_batch(hf):
-    params = SamplingParams(max_new_tokens=10)
+    params = paper_sampling(max_tokens=10)
     prompts = _prompts(hf)
     both = hf.generate(prompts, params, [11, 22])
     alone = hf.generate(prompts[1:], params, [22])
@@ -76,7 +76,7 @@ def test_hf_sampling_is_per_sample_not_per_batch(hf):
 
 def test_row_sampler_draws_from_the_warped_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
-    params = SamplingParams(temperature=0.7, top_k=4, top_p=0.9)
+    params = paper_sampling(temperature=0.7, top_k=4, top_p=0.9)
     probs = torch.softmax(warp_logits(logits, params), -1)[0]
     n = 4000
     sampler = RowSampler(list(range(n)), "cpu")
@@ -90,7 +90,7 @@ def test_softthink_without_soft_tokens_is_plain_sampling(models, hf):
     st = make_backend(
         "softthink", str(models["base"]), BackendOptions(device="cpu", extra={"soft_scope": "none"})
     )
-    params = SamplingParams(max_new_tokens=8)
+    params = paper_sampling(max_tokens=8)
     a = hf.generate(_prompts(hf), params, [3, 4])
     b = st.generate(_prompts(st), params, [3, 4])
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
@@ -243,7 +243,7 @@ def test_checkpoint_generation_defaults_do_not_leak_in(models, hf, tmp_path):
     cfg.update(do_sample=True, temperature=1.5, top_k=3, repetition_penalty=1.5)
     cfg_path.write_text(json.dumps(cfg))
     other = make_backend("hf", str(tmp_path / "m"), BackendOptions(device="cpu"))
-    for params in (GREEDY, SamplingParams(max_new_tokens=8)):
+    for params in (GREEDY, paper_sampling(max_tokens=8)):
         a = hf.generate(_prompts(hf), params, [5, 6])
         b = other.generate(_prompts(other), params, [5, 6])
         assert [g.token_ids for g in a] == [g.token_ids for g in b]

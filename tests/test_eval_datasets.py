@@ -16,7 +16,7 @@ from tah.evaluation.datasets import (
     parse_dataset_list,
 )
 from tah.evaluation.prompts import BOXED_SUFFIX, render_prompt, user_message
-from tah.evaluation.sampling import SamplingParams, sample_seed
+from tah.evaluation.sampling import SamplingParams, paper_sampling, sample_seed
 from test_eval_helpers import tiny_tokenizer, write_jsonl
 
 
@@ -171,7 +171,7 @@ def test_prompt_styles_and_chat_template():
 
 
 def test_sampling_defaults_and_validation():
-    p = SamplingParams()
+    p = paper_sampling()
     assert (p.temperature, p.top_p, p.top_k, p.min_p, p.max_new_tokens) == (
         0.6,
         0.95,
@@ -180,7 +180,7 @@ def test_sampling_defaults_and_validation():
         4096,
     )
     assert SamplingParams(temperature=0).greedy
-    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_new_tokens": 0}):
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_tokens": 0}):
         with pytest.raises(ConfigError):
             SamplingParams(**bad)
 

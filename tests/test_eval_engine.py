@@ -16,15 +16,16 @@ from tah.errors import ConfigError
 from tah.evaluation.backends import BackendOptions, make_backend
 from tah.evaluation.eval_config import EvalConfig
 from tah.evaluation.prompts import render_prompt
-from tah.evaluation.sampling import SamplingParams, sample_seed
+from tah.evaluation.sampling import paper_sampling, sample_seed
 from tah.evaluation.workers import generations
 from tah.model.loading import bundled_model_path
+from tah.model.sampling import SamplingParams
 from test_eval_helpers import one_thread, save_tiny_model, save_tiny_tah
 
 N_PROBLEMS = 24
 NEW_TOKENS = 24
-GREEDY = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
-SAMPLED = SamplingParams(temperature=0.8, top_k=20, top_p=0.95, max_new_tokens=12)
+GREEDY = paper_sampling(temperature=0, max_tokens=NEW_TOKENS)
+SAMPLED = paper_sampling(temperature=0.8, top_k=20, top_p=0.95, max_tokens=12)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,7 +105,7 @@ def test_plain_model_greedy_equals_hf_generate(plain_path, batch_size, n_problem
 def test_a_threshold_and_a_budget_reach_the_engine(tmp_path, plain_path):
     tah = save_tiny_tah(tmp_path / "tah", plain_path, threshold=0.5)
     items = _items(6)
-    params = SamplingParams(temperature=0, max_new_tokens=12)
+    params = paper_sampling(temperature=0, max_tokens=12)
     default = _answers(_run(_backend("tah", tah), items, 3, params))
     for options in ({"threshold": 0.3}, {"iter_budget": 0.25}):
         engine, core = _backend("tah", tah, **options), _backend("tah", tah, "core", **options)
@@ -143,7 +144,7 @@ def test_a_finished_row_is_refilled_at_once(bundled, monkeypatch):
         return eng
 
     monkeypatch.setattr(type(engine.engine_gen), "_engine_for", spy)
-    _run(engine, _items(8), 3, SamplingParams(temperature=0, max_new_tokens=12))
+    _run(engine, _items(8), 3, paper_sampling(temperature=0, max_tokens=12))
     assert max(n for n, _ in admitted) == 3
     assert all(n == 3 for n, waiting in admitted if waiting)
     assert sum(1 for _, waiting in admitted if waiting) >= 5  # it did refill, many times
@@ -166,7 +167,7 @@ def test_a_stream_left_early_leaves_no_work_behind(bundled):
     the next call would run and mix in."""
     engine, _ = bundled
     items = _items(4)
-    params = SamplingParams(temperature=0, max_new_tokens=12)
+    params = paper_sampling(temperature=0, max_tokens=12)
     before = _answers(_run(engine, items, 2, params))
     prompts = [render_prompt(engine.tokenizer, it["question"]) for it in items]
     stream = engine.stream(prompts, params, [0] * 4, [12] * 4, 2)

@@ -9,7 +9,7 @@ import pytest
 
 from tah.cli import main
 from tah.evaluation.backend_base import Backend, Generation, iter_summary
-from tah.evaluation.sampling import SamplingParams
+from tah.evaluation.sampling import paper_sampling
 from tah.evaluation.store import RunDir
 from tah.evaluation.workers import PROMPT_TOO_LONG, generate_within_context
 from tah.model.loading import bundled_model_path
@@ -112,7 +112,7 @@ def test_a_rows_budget_does_not_depend_on_its_neighbours():
     backend = _RecordingBackend()
     prompts = [[1] * 3, [1] * 8, [1] * 12, [1] * 2]
     batch = [{"seed": i} for i in range(4)]
-    gens = generate_within_context(backend, prompts, SamplingParams(max_new_tokens=4), batch)
+    gens = generate_within_context(backend, prompts, paper_sampling(max_tokens=4), batch)
     assert sorted(backend.calls) == [(1, 2), (2, 4)]  # short rows keep 4, the 8-token row gets 2
     assert [g.finish_reason for g in gens] == ["length", "length", PROMPT_TOO_LONG, "length"]
     assert [g.extra.get("len") for g in gens] == [3, 8, None, 2]  # order preserved

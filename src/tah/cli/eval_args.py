@@ -126,7 +126,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="backend-specific option, repeatable (hf, tah: generator=auto|engine|core, "
-        "auto = the engine with continuous batching where it runs the model; softthink: "
+        "auto = the engine with continuous batching where it runs the model; tah: "
+        "speculate_depth1=greedy|all|off, the engine's speculative depth 1; softthink: "
         "soft_scope, soft_topk; vllm: tensor_parallel_size; scripted: delay_s)",
     )
     g.add_argument(
@@ -159,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from tah.evaluation.backends import BackendOptions
     from tah.evaluation.datasets import parse_dataset_list
     from tah.evaluation.runner import EvalConfig
-    from tah.evaluation.sampling import SamplingParams
+    from tah.model.sampling import SamplingParams
 
     if not args.model:
         if args.backend == "scripted":
@@ -193,7 +194,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         top_p=args.top_p,
         top_k=args.top_k,
         min_p=args.min_p,
-        max_new_tokens=args.max_new_tokens,
+        max_tokens=args.max_new_tokens,
     )
     thinking = {"default": None, "on": True, "off": False}[args.thinking]
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tah.engine import COMPILE_MODES
+from tah.engine.options import COMPILE_MODES, SPECULATE_MODES
 from tah.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch.compile the layer stack (for GPUs; it did not help on CPU) (default: off)",
     )
+    parser.add_argument(
+        "--speculate-depth1",
+        choices=SPECULATE_MODES,
+        default="greedy",
+        help="while a token thinks again, run depth 1 of its likely successor in the same step: "
+        "for greedy requests (outputs unchanged), for all (sampled ones keep their "
+        "distribution, not their per-seed draws) or off (default: %(default)s)",
+    )
 
 
 def _require_server_packages() -> None:
@@ -182,6 +190,7 @@ def build_app(args: argparse.Namespace):
         seed=args.seed,
         model_name=name,
         compile_mode=getattr(args, "compile", None),
+        speculate_depth1=getattr(args, "speculate_depth1", "greedy"),
     )
     return create_app(
         engine,

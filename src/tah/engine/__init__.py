@@ -2,7 +2,7 @@
 
 * :class:`tah.engine.engine.Engine`: continuous batching over a static per-depth KV store;
   ``Engine.from_tah_model(model)``, ``Engine.from_pretrained(path)``, ``engine.generate(...)``.
-* :class:`tah.engine.sampling.SamplingParams`: per-request decoding settings.
+* :class:`tah.model.sampling.SamplingParams`: per-request decoding settings.
 * :func:`tah.engine.server.create_app`: the FastAPI app behind ``tah serve``.
 
 Names are imported lazily so ``import tah.engine`` does not load torch.
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMPILE_MODES", "Engine", "SamplingParams", "create_app"]
+from tah.engine.options import COMPILE_MODES
 
-# torch.compile modes the engine accepts (here, so the CLI can list them without loading torch)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+__all__ = ["COMPILE_MODES", "Engine", "SamplingParams", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return Engine
     if name == "SamplingParams":
-        from tah.engine.sampling import SamplingParams
+        from tah.model.sampling import SamplingParams
 
         return SamplingParams
     if name == "create_app":

@@ -15,22 +15,24 @@ One :meth:`Engine.step`:
    deeper last step, and the next chunk of prompt tokens. They share the matrix products;
    attention is per block, duo-causal for deep tokens, which are gathered, so depth 2 never
    runs over the whole batch, and a token that thinks again costs its row one more step
-   instead of a second pass that stalls every other row;
+   instead of a second pass that stalls every other row; with ``speculate_depth1`` that step
+   also runs depth 1 of a draft of the row's next token (``speculate.py``), which usually
+   wins the step back;
 3. run the decider on every token that may continue and sample the rows whose token is final,
    on the device; the host synchronises once per step (decisions and greedy tokens together,
    once more only when a request samples), never per layer or per depth;
 4. stream the new tokens to each request's callback and free the rows of finished requests.
 
-The semantics are exactly the core's (METHOD.md A.2-A.10); ``tests/test_engine_*.py`` prove
-greedy tokens and per-token iteration counts equal to ``TaHForCausalLM.generate``.
+The semantics are exactly the core's (METHOD.md A.2-A.10), with the rules they share
+(sampling, the decider's rule, duo-causal visibility) imported from ``tah.model``;
+``tests/test_engine_*.py`` prove greedy tokens and per-token iteration counts equal to
+``TaHForCausalLM.generate``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,33 +41,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tah.engine import COMPILE_MODES
+import tah.engine.build as build
 from tah.engine.kv import KVStore
 from tah.engine.model import CompactDecoder
+from tah.engine.options import COMPILE_MODES, SPECULATE_MODES
 from tah.engine.request import (
-    FINISHED,
     PREFILL,
     WAITING,
     Completion,
     Request,
     TokenEvent,
 )
-from tah.engine.sampling import SamplingParams, filter_probs, make_generator, sample_rows
+from tah.engine.rows import RowLifecycle
 from tah.engine.step import run_step
 from tah.engine.topk import topk_values
 from tah.engine.trace import make_trace
-from tah.errors import ConfigError, DataError, UnsupportedModelError
+from tah.errors import ConfigError, DataError
+from tah.model.sampling import SamplingParams, filter_probs, make_generator, sample_rows
 
 logger = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(RowLifecycle):
     """Continuous-batching decoder for Standard, AlwaysThink and TaH (MLP decider) models.
 
     Build with :meth:`from_tah_model`, :meth:`from_hf_model` or :meth:`from_pretrained`.
     ``max_batch`` rows of ``max_len`` positions are allocated up front for every depth.
     ``compile_mode`` (None = eager) runs the layer stack through ``torch.compile``; see
-    :meth:`~tah.engine.model.CompactDecoder.enable_compile`.
+    :meth:`~tah.engine.model.CompactDecoder.enable_compile`. ``speculate_depth1`` runs depth 1
+    of a token's likely successor while the token runs deeper (``tah.engine.speculate``):
+    "greedy" for greedy requests (tokens identical to the core's, fewer steps), "all" also
+    for sampled ones (the same distribution, other draws per seed than the core), or "off".
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class Engine:
         tokenizer: Any = None,
         model_name: str = "tah",
         compile_mode: str | None = None,
+        speculate_depth1: str | bool = "greedy",
     ) -> None:
         from tah.model.wrapper import soft_embedding
 
@@ -107,13 +114,22 @@ class Engine:
         self.topk = topk
         self._soft_embedding = soft_embedding
         self.eos_token_ids = tuple(int(e) for e in eos_token_ids)
-        self.kind, self.decider = self._setup_decider(decider, max_iter)
+        self.kind, self.decider = build.setup_decider(decider, max_iter, self.device)
         self.max_iter = max_iter if self.kind != "never" else 1
         self.threshold = float(threshold)
         self.capture = (
             tuple(getattr(self.decider, "feature_layers", ())) if self.kind == "mlp" else ()
         )
         self.decider_topk = int(getattr(self.decider, "needs_topk", 0) or 0)
+        # While a token runs deeper, run depth 1 of its likely successor alongside (speculate.py).
+        if isinstance(speculate_depth1, bool):  # on = the default mode
+            speculate_depth1 = "greedy" if speculate_depth1 else "off"
+        if speculate_depth1 not in SPECULATE_MODES:
+            raise ConfigError(
+                f"speculate_depth1 must be one of {SPECULATE_MODES}, got {speculate_depth1!r}"
+            )
+        self.speculate_mode = speculate_depth1
+        self.speculate = speculate_depth1 != "off" and self.max_iter > 1
         positions = decoder.rope_cos.shape[0] - 1  # the table has one spare position
         self.max_len = min(max_len or min(positions, 2048), positions)
         if self.max_len < 2:
@@ -131,7 +147,23 @@ class Engine:
             device=self.device,
             dtype=decoder.dtype,
         )
-        dev = self.device
+        self._allocate_rows(max_batch)
+        self.waiting: deque[Request] = deque()
+        self.requests: dict[str, Request] = {}
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._seed_rng = torch.Generator().manual_seed(int(seed))
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.last_logits: Tensor | None = None  # decider logits of the last decide()
+        self.stats = dict.fromkeys(
+            ("steps", "tokens", "iterations", "prompt_tokens", "deep_rows", "drafts", "accepted"), 0
+        )
+
+    def _allocate_rows(self, max_batch: int) -> None:
+        """Per-row state on the device (moved with its row on compaction) and host mirrors."""
+        dev, dtype = self.device, self.decoder.dtype
         # Per-row state on the device (moved with the row on compaction).
         self.tok = torch.zeros(max_batch, dtype=torch.long, device=dev)
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=dev)
@@ -142,8 +174,8 @@ class Engine:
         # Tokens that continue: their cumulative logits and the soft embedding of the next pass.
         vocab = self.shape.vocab_size
         n_cont = max_batch if self.max_iter > 1 else 0
-        self.cum_buf = torch.zeros((n_cont, vocab), dtype=decoder.dtype, device=dev)
-        self.x_next = torch.zeros((n_cont, self.shape.hidden_size), dtype=decoder.dtype, device=dev)
+        self.cum_buf = torch.zeros((n_cont, vocab), dtype=dtype, device=dev)
+        self.x_next = torch.zeros((n_cont, self.shape.hidden_size), dtype=dtype, device=dev)
         self._row_tensors = [
             self.tok,
             self.pos,
@@ -158,7 +190,7 @@ class Engine:
         self.reads_previous = bool(getattr(self.decider, "reads_previous_token", False))
         width = len(self.capture) * self.shape.hidden_size if self.reads_previous else 0
         self.prev_feat = torch.zeros(
-            (max_batch if self.reads_previous else 0, width), dtype=decoder.dtype, device=dev
+            (max_batch if self.reads_previous else 0, width), dtype=dtype, device=dev
         )
         if self.reads_previous:
             self._row_tensors.append(self.prev_feat)
@@ -166,101 +198,25 @@ class Engine:
         self.rows: list[Request | None] = [None] * max_batch
         self.lengths = [0] * max_batch  # position of the token each row is working on
         self.phase = [1] * max_batch  # depth that token runs next
+        self.draft: list[int | None] = [None] * max_batch  # speculated next token (speculate.py)
         self.n_dec = 0  # decoding rows: 0..n_dec-1
         self.n_rows = 0  # occupied rows: decoding, then prefilling
-        self.waiting: deque[Request] = deque()
-        self.requests: dict[str, Request] = {}
-        self._inbox: deque[tuple[str, Any]] = deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._seed_rng = torch.Generator().manual_seed(int(seed))
-        self._thread: threading.Thread | None = None
-        self._running = False
-        self.last_probs: Tensor | None = None  # decider probabilities of the last decide()
-        self.stats = {"steps": 0, "tokens": 0, "iterations": 0, "prompt_tokens": 0, "deep_rows": 0}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_tah_model(cls, model, **kwargs: Any) -> Engine:
         """Serve an in-memory ``TaHForCausalLM`` (weights are read from its module tree)."""
-        cfg = model.config
-        if cfg.attention_mode != "duo":
-            raise UnsupportedModelError(
-                f"the engine implements duo-causal attention only, not {cfg.attention_mode!r}"
-            )
-        from tah.model.generation import resolve_eos
-
-        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-        decoder = CompactDecoder.from_hf_model(
-            model.base_model, device=device, dtype=dtype, max_positions=kwargs.get("max_len")
-        )
-        kwargs.setdefault("tokenizer", model.tokenizer)
-        kwargs.setdefault("eos_token_ids", resolve_eos(model, None))
-        decider = model.decider
-        threshold = float(getattr(decider, "threshold", cfg.threshold))
-        return cls(
-            decoder,
-            decider=decider,
-            max_iter=cfg.max_iter,
-            threshold=threshold,
-            topk=cfg.topk,
-            residual=cfg.residual,
-            **kwargs,
-        )
+        return build.from_tah_model(cls, model, **kwargs)
 
     @classmethod
     def from_hf_model(cls, hf_model, tokenizer: Any = None, **kwargs: Any) -> Engine:
         """Serve a plain Hugging Face causal LM (a Standard model: one pass per token)."""
-        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-        decoder = CompactDecoder.from_hf_model(
-            hf_model, device=device, dtype=dtype, max_positions=kwargs.get("max_len")
-        )
-        if "eos_token_ids" not in kwargs:
-            eos = getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
-            eos = eos if eos is not None else getattr(hf_model.config, "eos_token_id", None)
-            kwargs["eos_token_ids"] = (
-                [] if eos is None else (eos if isinstance(eos, list) else [eos])
-            )
-        return cls(decoder, tokenizer=tokenizer, **kwargs)
+        return build.from_hf_model(cls, hf_model, tokenizer, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str, threshold: float | None = None, **kwargs: Any) -> Engine:
         """Load a TaH checkpoint (or a plain HF directory = Standard model) and serve it."""
-        from tah.model.loading import load_model
-
-        model = load_model(path, threshold=threshold)
-        kwargs.setdefault("model_name", str(path).rstrip("/").split("/")[-1])
-        return cls.from_tah_model(model, **kwargs)
-
-    def _setup_decider(self, decider, max_iter: int):
-        if max_iter <= 1 or decider is None:
-            return "never", None
-        name = getattr(decider, "name", None)
-        if name == "never":
-            return "never", None
-        if name == "always":
-            return "always", None
-        if name == "label":
-            raise ConfigError(
-                "the 'label' decider needs oracle labels and cannot serve requests; load the "
-                "model with decider='mlp', 'always' or 'never'"
-            )
-        if name != "mlp":
-            raise UnsupportedModelError(f"unknown decider {type(decider).__name__}")
-        if getattr(decider, "reads_previous_token", False) and max_iter > 2:
-            # Deeper decisions would need the previous token's depth-1 state after that row's
-            # carried state has moved on; model.generate supports it.
-            raise UnsupportedModelError(
-                "the serving engine supports a decider that reads the previous token "
-                "(decider_previous_token=true) with max_iter 2 only; use "
-                "TaHForCausalLM.generate (as `tah generate` and `tah eval --backend tah` do)"
-            )
-        # A private eval-mode copy: the caller's module (maybe in training mode) stays as is.
-        decider = copy.deepcopy(decider).eval()
-        decider.to(device=self.device)
-        for p in decider.parameters():
-            p.requires_grad_(False)
-        return "mlp", decider
+        return build.from_pretrained(cls, path, threshold, **kwargs)
 
     # ------------------------------------------------------------------ public API
     def add_request(
@@ -427,6 +383,7 @@ class Engine:
             self.minp[row] = p.min_p
             self.pos[row] = 0
             self.phase[row] = 1
+            self.draft[row] = None
             if self.reads_previous:
                 self.prev_feat[row] = 0  # a request's first token has no previous one
 
@@ -449,18 +406,19 @@ class Engine:
     def decide(
         self, cum: Tensor, feats: dict[int, Tensor], thr: Tensor, previous: Tensor | None = None
     ) -> Tensor:
-        """Continue-decision per token (before the depth cap): always, or sigmoid > thr.
+        """Continue-decision per token (before the depth cap): always, or the MLP decider's
+        own rule (:meth:`~tah.model.deciders.MLPDecider.decide`) at per-token τ ``thr``.
         ``previous``: the previous tokens' depth-1 features, for a decider that reads them."""
-        self.last_probs = None
+        self.last_logits = None
         if self.kind == "always":
             return torch.ones(cum.shape[0], dtype=torch.bool, device=cum.device)
         values = topk_values(cum, self.decider_topk)  # exact, cheaper over a long vocabulary
         features = torch.cat([feats[i] for i in self.capture], dim=-1)
         if previous is not None:
             features = torch.cat([features, previous.to(features.dtype)], dim=-1)
-        logits = self.decider(values, features).float()
-        self.last_probs = torch.sigmoid(logits)  # read by trace.record_decisions if needed
-        return self.last_probs > thr
+        go, logits = self.decider.decide(values, features, 1, None, thr, cum.shape[0], cum.device)
+        self.last_logits = logits  # read by trace.record_decisions if needed
+        return go
 
     # ------------------------------------------------------------------ sampling and output
     def draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
@@ -484,8 +442,12 @@ class Engine:
         return tokens
 
     def _draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
+        return sample_rows(self.sampling_weights(logits, rows, reqs), [r.generator for r in reqs])
+
+    def sampling_weights(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor:
+        """The weights the rows' tokens are drawn from (each request's own filters)."""
         ps = [r.params for r in reqs]
-        probs = filter_probs(
+        return filter_probs(
             logits,
             self.temp.index_select(0, rows),
             self.topk_row.index_select(0, rows),
@@ -495,98 +457,3 @@ class Engine:
             any_top_k=any(p.top_k > 0 for p in ps),
             any_top_p=any(p.top_p < 1 for p in ps),
         )
-        return sample_rows(probs, [r.generator for r in reqs])
-
-    def emit(
-        self,
-        req: Request,
-        token: int,
-        count: int,
-        events: list[TokenEvent],
-        logits: Tensor | None = None,
-    ) -> None:
-        """Hand ``token`` (drawn from ``logits``, its cumulative logits) to its request."""
-        if req.error is not None:  # its draw failed (see draw): end it alone, with the error
-            self._finish(req, "error", events)
-            return
-        now = time.perf_counter()
-        if req.first_token_at is None:
-            req.first_token_at = now
-        req.output.append(token)
-        req.iter_counts.append(count)
-        self.stats["tokens"] += 1
-        self.stats["iterations"] += count
-        reason = None
-        if token in req.stop_ids:
-            reason = "stop"
-        elif len(req.output) >= req.params.max_tokens:
-            reason = "length"
-        event = TokenEvent(req.request_id, [token], [count])
-        if req.trace is not None:
-            req.trace.on_emit(event, token, logits)
-        if reason is not None:
-            req.finish_reason = reason
-            event.finished, event.finish_reason = True, reason
-            req.state = FINISHED
-            req.finished_at = now
-        events.append(event)
-        self._deliver(req, event)
-        if reason is not None:
-            req.done.set()
-
-    def _finish(self, req: Request, reason: str, events: list[TokenEvent] | None = None) -> None:
-        if req.finished:
-            return
-        req.state, req.finish_reason = FINISHED, reason
-        req.finished_at = time.perf_counter()
-        event = TokenEvent(req.request_id, [], [], True, reason, req.error)
-        if events is not None:
-            events.append(event)
-        self._deliver(req, event)
-        req.done.set()
-
-    def _deliver(self, req: Request, event: TokenEvent) -> None:
-        if req.callback is None:
-            return
-        try:
-            req.callback(event)
-        except Exception:  # a broken consumer must not take the engine down
-            logger.exception("callback of request %s failed", req.request_id)
-
-    # ------------------------------------------------------------------ row bookkeeping
-    def _release_finished(self) -> None:
-        for row in range(self.n_rows - 1, -1, -1):
-            req = self.rows[row]
-            if req is not None and req.finished:
-                self._release_row(row)
-
-    def _release_row(self, row: int) -> None:
-        """Free ``row``, keeping decoding rows a prefix and prefilling rows right after."""
-        req = self.rows[row]
-        self.rows[row] = None
-        if req is not None:
-            self.requests.pop(req.request_id, None)
-        if row < self.n_dec:
-            last_dec = self.n_dec - 1
-            self._move_row(last_dec, row)
-            self.n_dec -= 1
-            hole = last_dec
-        else:
-            hole = row
-        last = self.n_rows - 1
-        self._move_row(last, hole)
-        self.n_rows -= 1
-
-    def _move_row(self, src: int, dst: int) -> None:
-        if src == dst:
-            return
-        req = self.rows[src]
-        self.rows[dst], self.rows[src] = req, None
-        if req is None:
-            return
-        req.row = dst
-        self.store.move_row(src, dst, min(self.lengths[src] + 1, self.max_len))
-        self.lengths[dst] = self.lengths[src]
-        self.phase[dst] = self.phase[src]
-        for t in self._row_tensors:
-            t[dst] = t[src]

@@ -28,6 +28,7 @@ from torch import Tensor
 from tah.engine.kv import KVStore, _sdpa
 from tah.engine.model import CompactDecoder
 from tah.errors import ConfigError
+from tah.model.kv import duo_visible
 
 
 def enable_decode_graphs(engine, use_graphs: bool | None = None) -> DecodeGraphs:
@@ -45,6 +46,7 @@ def enable_decode_graphs(engine, use_graphs: bool | None = None) -> DecodeGraphs
         device=k.device, dtype=k.dtype,
     )  # fmt: skip
     engine.graphs = DecodeGraphs(engine.decoder, engine.store, use_graphs)
+    engine.speculate = False  # a draft's pass is not part of the padded decode graphs
     return engine.graphs
 
 
@@ -112,7 +114,7 @@ class PaddedDecode:
         """The decoder on the static buffers; only fixed-shape operations (capturable)."""
         store, shape = self.store, self.shape
         cols = store.columns[: shape.keys]
-        visible = cols[None, :] <= self.pos[:, None]  # the spare column max_len never is
+        visible = duo_visible(self.pos[:, None], cols[None, :])  # never the spare max_len
         mask0 = visible[:, None, None, :]
         deep_mask = None
         if shape.deep:

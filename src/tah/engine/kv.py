@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tah.model.kv import duo_visible
+
 
 @dataclass
 class Pass:
@@ -136,7 +138,7 @@ class KVStore:
         (padding only ever trails)."""
         if from_zero:
             return Pass(self, 0, rows, positions, key_len, None, positions.shape[1] > 1)
-        mask = (self.columns[:key_len][None, None, :] <= positions[:, :, None])[:, None]
+        mask = duo_visible(positions[:, :, None], self.columns[:key_len][None, None, :])[:, None]
         return Pass(self, 0, rows, positions, key_len, mask, False)
 
     def deep_pass(self, slot: int, rows: Tensor, positions: Tensor, key_len: int) -> Pass:
@@ -164,7 +166,9 @@ class KVStore:
         """
         mask = None
         if shallow and need_mask:
-            mask = (self.columns[:key_len][None, None, :] <= positions[:, :, None])[:, None]
+            mask = duo_visible(positions[:, :, None], self.columns[:key_len][None, None, :])[
+                :, None
+            ]
         deep = []
         for slot, row_list in groups:
             rows: Tensor | slice = torch.tensor(row_list, dtype=torch.long, device=self.device)
@@ -183,9 +187,9 @@ class KVStore:
             (rows[:, None], positions), torch.ones_like(positions, dtype=torch.bool)
         )
         cols = self.columns[:key_len]
-        causal = cols[None, None, :] <= positions[:, :, None]  # (R, T, L)
+        causal = duo_visible(positions[:, :, None], cols[None, None, :])  # (R, T, L): slot 0
         parts = [causal]
-        for s in range(1, slot + 1):
+        for s in range(1, slot + 1):  # slots 1..slot: the entries that exist (depth <= ours)
             exists = valid[s - 1][:, :key_len].index_select(0, rows)  # (R, L)
             parts.append(causal & exists[:, None, :])
         return torch.cat(parts, dim=-1)[:, None]

@@ -222,27 +222,7 @@ class CompactDecoder:
         for i in range(shape.num_layers):
             p = f"model.layers.{i}."
             attn, mlp = p + "self_attn.", p + "mlp."
-            pairs: dict[str, LoraPair] = {}
-            for proj in LORA_TARGETS:
-                module = (attn if proj in LORA_TARGETS[:4] else mlp) + proj
-                ab = lora.get(module)
-                if ab is None:
-                    continue
-                if set(ab) != {"A", "B"}:
-                    raise UnsupportedModelError(f"LoRA for {module} lacks its A or B matrix")
-                if isinstance(lora_scales, Mapping):
-                    scale = lora_scales.get(module)
-                    if scale is None:
-                        raise UnsupportedModelError(f"no LoRA scale known for {module}")
-                else:
-                    if lora_scales is None:
-                        raise UnsupportedModelError("LoRA weights given without a LoRA scale")
-                    scale = lora_scales
-                pairs[proj] = LoraPair(
-                    ab["A"].detach().to(device=device, dtype=dtype),
-                    ab["B"].detach().to(device=device, dtype=dtype),
-                    float(scale),
-                )
+            pairs = _lora_pairs(lora, attn, mlp, lora_scales, device, dtype)
             layers.append(
                 LayerWeights(
                     ln1=get(p + "input_layernorm.weight"),
@@ -431,3 +411,36 @@ def _find_rotary(hf_model):
         if name.endswith("rotary_emb"):
             return module
     return None
+
+
+def _lora_pairs(
+    lora: Mapping[str, dict[str, Tensor]],
+    attn: str,
+    mlp: str,
+    lora_scales: Mapping[str, float] | float | None,
+    device,
+    dtype,
+) -> dict[str, LoraPair]:
+    """One layer's LoRA pairs per projection (``attn`` / ``mlp``: the layer's name prefixes)."""
+    pairs: dict[str, LoraPair] = {}
+    for proj in LORA_TARGETS:
+        module = (attn if proj in LORA_TARGETS[:4] else mlp) + proj
+        ab = lora.get(module)
+        if ab is None:
+            continue
+        if set(ab) != {"A", "B"}:
+            raise UnsupportedModelError(f"LoRA for {module} lacks its A or B matrix")
+        if isinstance(lora_scales, Mapping):
+            scale = lora_scales.get(module)
+            if scale is None:
+                raise UnsupportedModelError(f"no LoRA scale known for {module}")
+        else:
+            if lora_scales is None:
+                raise UnsupportedModelError("LoRA weights given without a LoRA scale")
+            scale = lora_scales
+        pairs[proj] = LoraPair(
+            ab["A"].detach().to(device=device, dtype=dtype),
+            ab["B"].detach().to(device=device, dtype=dtype),
+            float(scale),
+        )
+    return pairs

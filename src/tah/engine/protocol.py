@@ -29,9 +29,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from tah.engine.sampling import SamplingParams
-from tah.engine.trace import MAX_TOP_LOGPROBS
 from tah.errors import TaHError
+from tah.model.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 # Stop strings are searched (and a possible start of one held back) after every token.
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 1000
@@ -327,24 +326,23 @@ def prepare(state, p: CompletionBody | ChatBody, chat: bool):
             "invalid_value",
             "stop_token_ids",
         )
-    params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if p.temperature is None else p.temperature,
-        top_k=top_k,
-        top_p=1.0 if p.top_p is None else p.top_p,
-        min_p=0.0 if p.min_p is None else p.min_p,
-        seed=p.seed,
-        ignore_eos=bool(p.ignore_eos),
-        stop_token_ids=tuple(p.stop_token_ids) if p.stop_token_ids else None,
-        threshold=p.tah_threshold,
-        max_iter=p.max_iter,
-        iter_budget=p.tah_iter_budget,
-        logprobs=logprobs,
-        echo=echo and logprobs is not None,  # prompt logprobs
-        decider_probs=bool(p.tah_decider_probs),
-    )
-    try:
-        params.validate()
+    try:  # SamplingParams validates itself
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if p.temperature is None else p.temperature,
+            top_k=top_k,
+            top_p=1.0 if p.top_p is None else p.top_p,
+            min_p=0.0 if p.min_p is None else p.min_p,
+            seed=p.seed,
+            ignore_eos=bool(p.ignore_eos),
+            stop_token_ids=tuple(p.stop_token_ids) if p.stop_token_ids else None,
+            threshold=p.tah_threshold,
+            max_iter=p.max_iter,
+            iter_budget=p.tah_iter_budget,
+            logprobs=logprobs,
+            echo=echo and logprobs is not None,  # prompt logprobs
+            decider_probs=bool(p.tah_decider_probs),
+        )
         engine.check_prompt(len(ids), max_tokens)
     except TaHError as exc:
         raise APIError(400, str(exc), "invalid_value") from None

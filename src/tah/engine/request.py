@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tah.engine.sampling import SamplingParams
+from tah.model.sampling import SamplingParams
 
 WAITING, PREFILL, RUNNING, FINISHED = "waiting", "prefill", "running", "finished"
 

@@ -1,8 +1,8 @@
-"""What one engine step reads and changes: the engine's state as the step module sees it.
+"""What one engine step reads and changes: the engine's state as the step modules see it.
 
-Why a protocol here: ``step.py`` works on the engine's rows, buffers and TaH pieces, and
-``engine.py`` runs the step; typing the step against this interface (one layer down) keeps
-the two modules from importing each other.
+Why a protocol here: ``step.py`` and ``trace.py`` work on the engine's rows, buffers and TaH
+pieces, and ``engine.py`` runs them; typing them against this interface (one layer down, with
+the kinds of a step's heads) keeps the modules from importing each other.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from tah.engine.request import Request, TokenEvent
 
 
+# What a step's head (a token whose logits the step computes) is: a decoding row's token, a
+# prompt token, or the depth-1 pass of a speculative draft token riding along a deeper pass.
+DECODE, PROMPT, DRAFT = 0, 1, 2
+
+
 class EngineState(Protocol):
     """The attributes and methods of :class:`tah.engine.engine.Engine` a step uses."""
 
@@ -29,7 +34,13 @@ class EngineState(Protocol):
     max_len: int
     prefill_chunk: int
     # TaH settings
-    kind: str
+    kind: str  # the decider: "never", "always" or "mlp"
+    max_iter: int
+    threshold: float
+    last_logits: Tensor | None  # decider logits of the step's last decide()
+    speculate: bool  # speculative depth 1 (speculate.py) ...
+    speculate_mode: str  # ... for "greedy" requests or "all"
+    draft: list[int | None]  # per decoding row, the draft that runs depth 1 this step
     residual: bool
     capture: tuple[int, ...]
     reads_previous: bool  # the decider also reads the previous token's features
@@ -57,5 +68,7 @@ class EngineState(Protocol):
     def soft_embedding(self, cum: Tensor) -> Tensor: ...
 
     def draw(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor: ...
+
+    def sampling_weights(self, logits: Tensor, rows: Tensor, reqs: list[Request]) -> Tensor: ...
 
     def emit(self, req: Request, token: int, count: int, events: list[TokenEvent]) -> None: ...

@@ -30,13 +30,13 @@ from torch import Tensor
 
 from tah.engine.kv import Segments
 from tah.engine.request import RUNNING, LastToken, Pending
+from tah.engine.speculate import add_drafts, launch, take_kept_draft, verify
+from tah.engine.state import DECODE, DRAFT, PROMPT
 from tah.engine.trace import record_decisions, record_prompt
 
 if TYPE_CHECKING:
     from tah.engine.request import Request, TokenEvent
     from tah.engine.state import EngineState
-
-DECODE, PROMPT = 0, 1
 
 
 class StepBuilder:
@@ -60,6 +60,11 @@ class StepBuilder:
         self.prev_cum: list[Tensor] = []
         # A decode-only step run padded (graphs.py): (shape, x, positions, write_pos, deep).
         self.padded: tuple | None = None
+        # Speculation (speculate.py): row -> head of its draft; the decider's candidate heads;
+        # a draft head's own depth-1 features (a decider reading the previous token).
+        self.draft_head: dict[int, int] = {}
+        self.candidates: list[int] = []
+        self.draft_feats: dict[int, Tensor] = {}
 
     def head(self, flat: int, depth: int, cap: int, thr: float, kind: int, info) -> None:
         self.flat.append(flat)
@@ -97,7 +102,8 @@ class StepBuilder:
             eng.stats["deep_rows"] += len(deep)
         graphs = getattr(eng, "graphs", None)
         shape = None
-        if graphs is not None and eng.n_rows == n:  # no row prefilling: decode only
+        drafts = eng.speculate and any(d is not None for d in eng.draft[:n])
+        if graphs is not None and eng.n_rows == n and not drafts:  # decode only
             deep_rows = [i for _, rows in groups for i in rows]
             shape = graphs.shape_for(n, deep_rows, key_len, max(by_depth, default=1) - 1)
         if shape is not None:
@@ -214,6 +220,10 @@ def previous_token_features(eng: EngineState, b: StepBuilder, cand: list[int], f
     source: list[int] = []  # < carried: a row of prev_feat; else carried + a candidate index
     last_of_row: dict[int, int] = {}
     for j, h in enumerate(cand):
+        if b.kind[h] == DRAFT:  # previous: the row's carried token; moves on once kept
+            source.append(b.info[h])
+            b.draft_feats[h] = own[j]
+            continue
         row = b.info[h] if b.kind[h] == DECODE else b.info[h][0].row
         before = last_of_row.get(row)  # prompt heads of a row come in position order
         source.append(row if before is None else carried + before)
@@ -260,6 +270,8 @@ def run_step(engine: EngineState, events: list[TokenEvent]) -> None:
     b = StepBuilder(eng)
     if eng.n_dec:
         b.add_decode()
+        if eng.speculate:
+            add_drafts(b)
     by_depth: dict[int, list] = {}
     for row in range(eng.n_dec, eng.n_rows):
         req = eng.rows[row]
@@ -292,7 +304,7 @@ def run_step(engine: EngineState, events: list[TokenEvent]) -> None:
     greedy = cum.argmax(dim=-1)
     n_heads = len(b.flat)
     if may_continue:
-        cand = [h for h in range(n_heads) if b.depth[h] < b.cap[h]]
+        cand = b.candidates = [h for h in range(n_heads) if b.depth[h] < b.cap[h]]
         cand_t = torch.tensor(cand, dtype=torch.long, device=dev)
         feats = {i: c.index_select(0, heads.index_select(0, cand_t)) for i, c in captured.items()}
         thr = torch.tensor([b.thr[h] for h in cand], dtype=torch.float32, device=dev)
@@ -334,13 +346,23 @@ def _finish_decode(eng, b, cum, greedy, go, greedy_l, go_l, slot_of, kept, soft,
         eng.x_next.index_copy_(0, rows_t, soft.index_select(0, src))
     tokens = greedy[:n]
     token_list = greedy_l[:n]
-    sampled = [i for i in range(n) if not go_l[i] and not reqs[i].params.greedy]
+    sampled = [
+        i for i in range(n) if not go_l[i] and not reqs[i].params.greedy and i not in b.draft_head
+    ]
     if sampled:
         idx = torch.tensor(sampled, dtype=torch.long, device=dev)
         drawn = eng.draw(cum.index_select(0, idx), idx, [reqs[i] for i in sampled])
         tokens = tokens.index_copy(0, idx, drawn)
         for i, t in zip(sampled, drawn.tolist()):
             token_list[i] = t
+    kept_drafts: dict[int, bool] = {}
+    if b.draft_head:
+        kept_drafts = verify(eng, b, cum, go_l, token_list)
+        fix = [i for i in kept_drafts if not reqs[i].params.greedy]
+        if fix:  # sampling rows: the speculative-sampling choice
+            idx = torch.tensor(fix, dtype=torch.long, device=dev)
+            chosen = torch.tensor([token_list[i] for i in fix], dtype=torch.long, device=dev)
+            tokens = tokens.index_copy(0, idx, chosen)
     if go is None:
         eng.tok[:n] = tokens
         eng.pos[:n] += 1
@@ -348,14 +370,21 @@ def _finish_decode(eng, b, cum, greedy, go, greedy_l, go_l, slot_of, kept, soft,
         go_dec = go[:n]
         eng.tok[:n] = torch.where(go_dec, eng.tok[:n], tokens)
         eng.pos[:n] += (~go_dec).long()
+    drafts_from: list[tuple[int, int]] = []  # (row, head): rows whose token left depth 1
     for i in range(n):
         if go_l[i]:
             eng.phase[i] += 1
+            if eng.speculate and eng.phase[i] == 2:
+                drafts_from.append((i, i))
             continue
         count = eng.phase[i]
         eng.phase[i] = 1
         eng.lengths[i] += 1
         eng.emit(reqs[i], token_list[i], count, events, cum[i] if reqs[i].trace else None)
+        if kept_drafts.get(i):
+            take_kept_draft(eng, b, i, (cum, greedy_l, go_l, slot_of, kept, soft), events)
+    if drafts_from:
+        launch(eng, drafts_from, cum, greedy_l)
 
 
 def _finish_prompt(eng, b, cum, greedy_l, go_l, slot_of, kept, soft) -> None:

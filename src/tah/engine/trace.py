@@ -22,16 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from tah.engine.state import DECODE, DRAFT, PROMPT
 from tah.errors import ConfigError
 from tah.model.budget import IterBudget
+from tah.model.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from tah.engine.engine import Engine
     from tah.engine.request import Request, TokenEvent
-    from tah.engine.sampling import SamplingParams
-
-MAX_TOP_LOGPROBS = 20
-_DECODE = 0  # step.DECODE (not imported: step imports this module)
+    from tah.engine.state import EngineState
 
 
 @dataclass
@@ -80,7 +78,7 @@ class TokenTrace:
         self.emitted += 1
 
 
-def make_trace(engine: Engine, params: SamplingParams) -> TokenTrace | None:
+def make_trace(engine: EngineState, params: SamplingParams) -> TokenTrace | None:
     """The trace ``params`` ask for, or None; raises ConfigError for a budget the model
     cannot steer."""
     budget = None
@@ -97,15 +95,6 @@ def make_trace(engine: Engine, params: SamplingParams) -> TokenTrace | None:
     if budget is None and not probs and params.logprobs is None and not params.echo:
         return None
     return TokenTrace(budget, probs, params.logprobs, bool(params.echo))
-
-
-def check_logprobs(logprobs: int | None) -> None:
-    if logprobs is None:
-        return
-    if isinstance(logprobs, bool) or not isinstance(logprobs, int):
-        raise ConfigError(f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]")
-    if not 0 <= logprobs <= MAX_TOP_LOGPROBS:
-        raise ConfigError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {logprobs}")
 
 
 def logprob_entry(logits: Tensor, token: int, top: int) -> dict[str, Any]:
@@ -126,22 +115,24 @@ def logprob_entries(logits: Tensor, tokens: list[int], top: int) -> list[dict[st
 
 
 # ---------------------------------------------------------------------- step hooks
-def _traced(engine: Engine, want) -> bool:
+def _traced(engine: EngineState, want) -> bool:
     return any(
         r is not None and r.trace is not None and want(r.trace)
         for r in engine.rows[: engine.n_rows]
     )
 
 
-def record_decisions(engine: Engine, builder, candidates: list[int], went: list[bool]) -> None:
+def record_decisions(engine: EngineState, builder, candidates: list[int], went: list[bool]) -> None:
     """After the step's sync: hand each traced request its tokens' decider probabilities
-    (``engine.last_probs`` holds one per candidate head)."""
-    probs_t = engine.last_probs
-    if probs_t is None or not _traced(engine, lambda t: t.wants_probs):
+    (``engine.last_logits`` holds one per candidate head)."""
+    logits = engine.last_logits
+    if logits is None or not _traced(engine, lambda t: t.wants_probs):
         return
-    probs = probs_t.tolist()
+    probs = torch.sigmoid(logits).tolist()
     for j, h in enumerate(candidates):
-        if builder.kind[h] == _DECODE:
+        if builder.kind[h] == DRAFT:  # reported once the draft is kept (speculate.py)
+            continue
+        if builder.kind[h] == DECODE:
             req: Request = engine.rows[builder.info[h]]
             generated = True
         else:
@@ -152,14 +143,14 @@ def record_decisions(engine: Engine, builder, candidates: list[int], went: list[
             trace.decision(probs[j], went[h], builder.depth[h], generated, builder.thr[h])
 
 
-def record_prompt(engine: Engine, builder, cum: Tensor, went: list[bool]) -> None:
+def record_prompt(engine: EngineState, builder, cum: Tensor, went: list[bool]) -> None:
     """Prompt tokens at their final depth, for ``echo``: their depth and the logprob of the
     next prompt token under their logits."""
     if not _traced(engine, lambda t: t.echo):
         return
     groups: dict[int, tuple[Request, list[int], list[int]]] = {}
     for h in range(len(builder.flat)):
-        if builder.kind[h] == _DECODE or went[h]:
+        if builder.kind[h] != PROMPT or went[h]:
             continue
         req, p = builder.info[h]
         if req.trace is None or not req.trace.echo:

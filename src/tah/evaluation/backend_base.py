@@ -13,7 +13,7 @@ from typing import Any
 
 from tah.errors import CheckpointError, ConfigError
 from tah.evaluation.prompts import has_chat_template
-from tah.evaluation.sampling import SamplingParams
+from tah.model.sampling import SamplingParams
 
 
 @dataclass

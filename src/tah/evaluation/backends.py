@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tah.engine.options import SPECULATE_MODES
 from tah.errors import CheckpointError, ConfigError
 from tah.evaluation.backend_base import (  # noqa: F401 (re-exported: the public names live here too)
     Backend,
@@ -220,6 +221,11 @@ class TaHBackend(EngineBackedBackend):
         self.device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, self.device)
         generator = options.take("generator", "auto")
+        speculate = options.take("speculate_depth1", "greedy", str)
+        if speculate not in SPECULATE_MODES:  # before the engine, whose refusal means "fall back"
+            raise ConfigError(
+                f"--backend-option speculate_depth1={speculate!r}: use one of {SPECULATE_MODES}"
+            )
         options.reject_unused(self.name)
         self.threshold = options.threshold
         self.iter_budget = options.iter_budget
@@ -241,7 +247,8 @@ class TaHBackend(EngineBackedBackend):
         from tah.evaluation.continuous_batching import tah_engine_factory
 
         self._use_engine(
-            generator, lambda: tah_engine_factory(self.model, self.stops, self.tokenizer)
+            generator,
+            lambda: tah_engine_factory(self.model, self.stops, self.tokenizer, speculate),
         )
 
     def info(self) -> dict[str, Any]:

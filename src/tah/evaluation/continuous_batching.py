@@ -217,8 +217,11 @@ def plain_engine_factory(hf_model: Any, stops: Sequence[int], tokenizer: Any) ->
     return make
 
 
-def tah_engine_factory(model: Any, stops: Sequence[int], tokenizer: Any) -> EngineFactory:
-    """Engines over a loaded ``TaHForCausalLM`` (its decider, LoRA, top-k and max_iter)."""
+def tah_engine_factory(
+    model: Any, stops: Sequence[int], tokenizer: Any, speculate_depth1: str = "greedy"
+) -> EngineFactory:
+    """Engines over a loaded ``TaHForCausalLM`` (its decider, LoRA, top-k and max_iter;
+    ``speculate_depth1``: the engine's speculative depth 1, see ``tah.engine.speculate``)."""
     from tah.engine.engine import Engine
     from tah.engine.model import CompactDecoder
 
@@ -242,6 +245,7 @@ def tah_engine_factory(model: Any, stops: Sequence[int], tokenizer: Any) -> Engi
             max_batch=max_batch,
             max_len=max_len,
             tokenizer=tokenizer,
+            speculate_depth1=speculate_depth1,
         )
 
     make(1, 2)  # e.g. the 'label' decider: refused here, so the backend can fall back

@@ -17,8 +17,9 @@ from tah.errors import ConfigError
 from tah.evaluation.backend_base import BackendOptions
 from tah.evaluation.backends import check_local_model
 from tah.evaluation.prompts import PROMPT_STYLES
-from tah.evaluation.sampling import SamplingParams
+from tah.evaluation.sampling import decoding_settings, paper_sampling
 from tah.model.loading import resolve_device, resolve_dtype
+from tah.model.sampling import SamplingParams
 
 # Backends that load the model in this process with torch (device and dtype apply to them).
 LOCAL_BACKENDS = ("hf", "tah", "softthink", "oracle")
@@ -53,7 +54,7 @@ class EvalConfig:
     prompt_style: str = "bare"
     chat_template: bool = True
     enable_thinking: bool | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams = field(default_factory=paper_sampling)
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     devices: list[str] | None = None
     data_dir: str | None = None
@@ -92,6 +93,8 @@ class EvalConfig:
     def fingerprint(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         fp = {k: data[k] for k in _FINGERPRINT_KEYS}
+        if "sampling" in fp:  # the recorded names, so runs from before stay resumable
+            fp["sampling"] = decoding_settings(self.sampling)
         # Where it runs does not change what it computes (beyond float noise).
         fp["backend_options"] = {k: v for k, v in fp["backend_options"].items() if k != "device"}
         if fp["backend_options"].get("iter_budget") is None:  # runs from before the option
@@ -114,6 +117,6 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
         data = dict(data)
-        data["sampling"] = SamplingParams(**data["sampling"])
+        data["sampling"] = SamplingParams.from_dict(data["sampling"])
         data["backend_options"] = BackendOptions(**data["backend_options"])
         return cls(**data)

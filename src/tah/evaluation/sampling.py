@@ -1,52 +1,50 @@
-"""Sampling parameters, per-sample seeds, and a per-row seeded sampler.
+"""Evaluation's decoding settings, per-sample seeds, and seeded sampling inside HF ``generate``.
 
-Defaults are the paper's evaluation recipe (METHOD.md D.4: T 0.6, top-p 0.95, top-k 20,
-min-p 0, 4096 new tokens). The logit warpers are transformers' own; what we add is *per-row*
-randomness: every (dataset, problem, sample) gets its own seed and its own ``torch.Generator``,
-and a token is drawn by the exponential race (argmax of p_v / E_v with E_v ~ Exp(1), an exact
-sample from p). A sample's tokens then do not depend on which other samples share its batch, so
-a resumed run regenerates exactly what the killed run would have produced (up to the usual
-floating-point differences of padding). transformers' built-in sampler uses one global RNG per
-batch, which would tie every sample to its batch neighbours.
+The settings are the one :class:`~tah.model.sampling.SamplingParams` and the draws the one
+sampler of :mod:`tah.model.sampling` (the engine, the server and core ``generate`` use the
+same), so an eval sample and a served request with the same seed and settings give the same
+tokens. What this module adds: the paper's evaluation defaults (METHOD.md D.4: T 0.6, top-p
+0.95, top-k 20, min-p 0, 4096 new tokens), a stable seed per (dataset, problem, sample), and a
+``LogitsProcessor`` that makes transformers' greedy ``generate`` draw each row from its own
+generator. transformers' built-in sampler uses one global RNG per batch, which would tie every
+sample to its batch neighbours; with a generator per sample, a resumed run regenerates exactly
+what the killed run would have produced (up to the usual floating-point differences of
+padding).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from tah.errors import ConfigError
+from tah.model.sampling import SamplingParams, filter_probs_for, make_generator, sample_rows
+
+__all__ = [
+    "RowSampler",
+    "SamplingParams",
+    "make_hf_processor",
+    "paper_sampling",
+    "sample_seed",
+    "warp_logits",
+]
+
+PAPER_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0, "max_tokens": 4096}
 
 
-@dataclass
-class SamplingParams:
-    """Decoding settings; ``temperature == 0`` means greedy."""
+def paper_sampling(**overrides: Any) -> SamplingParams:
+    """The paper's evaluation settings, with ``overrides`` (the defaults of ``tah eval``)."""
+    return SamplingParams(**{**PAPER_SAMPLING, **overrides})
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    min_p: float = 0.0
-    max_new_tokens: int = 4096
 
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def decoding_settings(params: SamplingParams) -> dict[str, Any]:
+    """The settings that change what an evaluation generates, under their recorded names."""
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "max_new_tokens": params.max_tokens,
+    }
 
 
 def sample_seed(base_seed: int, dataset: str, problem_id: str, sample_index: int) -> int:
@@ -56,60 +54,33 @@ def sample_seed(base_seed: int, dataset: str, problem_id: str, sample_index: int
 
 
 def warp_logits(logits: Any, params: SamplingParams) -> Any:
-    """Apply temperature, top-k, top-p and min-p (transformers' warpers) to (B, V) logits."""
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    """(B, V) logits as log sampling weights after the filters (-inf where filtered); the raw
+    logits for greedy settings."""
+    import torch
 
-    scores = logits.float()
     if params.greedy:
-        return scores
-    if params.temperature != 1.0:
-        scores = TemperatureLogitsWarper(params.temperature)(None, scores)
-    if params.top_k > 0:
-        scores = TopKLogitsWarper(params.top_k)(None, scores)
-    if params.top_p < 1.0:
-        scores = TopPLogitsWarper(params.top_p)(None, scores)
-    if params.min_p > 0.0:
-        scores = MinPLogitsWarper(params.min_p)(None, scores)
-    return scores
+        return logits.float()
+    return torch.log(filter_probs_for(logits, params))
 
 
 class RowSampler:
-    """Draws one token per row from warped logits, each row with its own generator."""
+    """Draws one token per row with the shared sampler, each row from its own generator."""
 
     def __init__(self, seeds: list[int], device: Any) -> None:
-        import torch
-
-        self.generators = []
-        for seed in seeds:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(int(seed))
-            self.generators.append(gen)
-
-    def race_scores(self, warped: Any, rows: list[int] | None = None) -> Any:
-        """Scores whose argmax is a sample from softmax(warped); rows index the generators."""
-        import torch
-
-        rows = list(range(warped.shape[0])) if rows is None else rows
-        log_probs = torch.log_softmax(warped, dim=-1)
-        noise = torch.empty_like(log_probs)
-        for i, row in enumerate(rows):
-            noise[i].exponential_(generator=self.generators[row])
-        return log_probs - noise.clamp_min(1e-30).log()
+        self.generators = [make_generator(int(seed), device) for seed in seeds]
 
     def sample(self, logits: Any, params: SamplingParams, rows: list[int] | None = None) -> Any:
-        warped = warp_logits(logits, params)
+        """Tokens for (n, V) ``logits``; ``rows`` index the generators (default: 0..n-1)."""
         if params.greedy:
-            return warped.argmax(dim=-1)
-        return self.race_scores(warped, rows).argmax(dim=-1)
+            return logits.argmax(dim=-1)
+        rows = list(range(logits.shape[0])) if rows is None else rows
+        probs = filter_probs_for(logits, params)
+        return sample_rows(probs, [self.generators[r] for r in rows])
 
 
 def make_hf_processor(seeds: list[int], params: SamplingParams, device: Any) -> Any:
-    """A transformers LogitsProcessor that turns greedy ``generate`` into per-row seeded sampling.
+    """A transformers LogitsProcessor that turns greedy ``generate`` into per-row seeded sampling
+    (its scores put the drawn token first).
 
     It also records the entropy (natural log, temperature 1) of every step's raw distribution,
     an uncertainty score used by question-level routing.
@@ -127,9 +98,10 @@ def make_hf_processor(seeds: list[int], params: SamplingParams, device: Any) -> 
             log_p = torch.log_softmax(raw, dim=-1)
             ent = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
             self.entropies.append(ent.detach().cpu())
-            warped = warp_logits(raw, params)
             if params.greedy:
-                return warped
-            return self.sampler.race_scores(warped)
+                return raw
+            token = self.sampler.sample(raw, params)
+            chosen = torch.full_like(raw, float("-inf"))
+            return chosen.scatter(-1, token[:, None], 0.0)
 
     return _SeededSampling()

@@ -148,7 +148,7 @@ class SoftThinkBackend(Backend):
             for _ in range(params.max_new_tokens):
                 warped = warp_logits(logits, params)
                 argmax = warped.argmax(dim=-1)
-                sampled = argmax if params.greedy else sampler.race_scores(warped).argmax(dim=-1)
+                sampled = argmax if params.greedy else sampler.sample(logits, params)
                 soft_rows = torch.tensor(soft, device=logits.device)
                 token = torch.where(soft_rows, argmax, sampled)
                 emb = table[token]

@@ -29,8 +29,8 @@ from tah.evaluation.backends import make_backend
 from tah.evaluation.eval_config import EvalConfig
 from tah.evaluation.grading import Grader
 from tah.evaluation.prompts import render_prompt
-from tah.evaluation.sampling import SamplingParams
 from tah.evaluation.store import append_row
+from tah.model.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def generate_within_context(
             for i in rows:
                 gens[i] = Generation("", [], 0, iter_summary([]), 0.0, PROMPT_TOO_LONG)
             continue
-        params = dataclasses.replace(sampling, max_new_tokens=budget)
+        params = dataclasses.replace(sampling, max_tokens=budget)
         out = backend.generate([prompts[i] for i in rows], params, [batch[i]["seed"] for i in rows])
         for i, gen in zip(rows, out):
             gens[i] = gen

@@ -167,6 +167,8 @@ class MLPDecider(Decider):
         return self.backbone(self.combined_projection(torch.cat([features, projected], dim=-1)))
 
     def decide(self, topk_values, features, depth, labels, threshold, n, device):
+        """The decide rule, for the core and the engine alike: a token continues iff
+        sigmoid(logit) > τ (``threshold``: a float, one τ per token, or None = the model's)."""
         logits = self(topk_values, features).float()
         if threshold is None:
             tau = float(self.threshold)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from tah.errors import ConfigError, DataError
+from tah.model.sampling import sample_next
 
 logger = logging.getLogger(__name__)
 _REDUCED_WARNED: set[tuple[int, int]] = set()
@@ -45,33 +46,6 @@ def check_sampling(
         raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
     if not 0 <= min_p <= 1:
         raise ConfigError(f"min_p must be in [0, 1], got {min_p!r}")
-
-
-def sample_next(
-    logits: Tensor,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Pick one token per row: argmax, or temperature -> min-p -> top-k -> top-p -> sample."""
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if min_p > 0:
-        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-    if 0 < top_k < probs.shape[-1]:
-        kth = probs.topk(top_k, dim=-1).values[..., -1:]
-        probs = probs.masked_fill(probs < kth, 0.0)
-    if top_p < 1.0:
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def resolve_eos(model: nn.Module, eos_token_id: int | list[int] | None) -> list[int]:
@@ -117,53 +91,15 @@ def generate(
     if unused:
         raise ConfigError(f"unknown generate() arguments: {sorted(unused)}")
     check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    device = model.device
-    input_ids = input_ids.to(device)
-    mask = (
-        torch.ones_like(input_ids, dtype=torch.bool)
-        if attention_mask is None
-        else attention_mask.to(device=device, dtype=torch.bool)
+    input_ids, mask, max_new_tokens = _check_prompts(
+        model, input_ids, attention_mask, max_new_tokens
     )
-    if mask.shape != input_ids.shape:
-        raise DataError(
-            f"attention_mask shape {tuple(mask.shape)} != input_ids {tuple(input_ids.shape)}"
-        )
-    if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
-        raise DataError("every prompt needs at least one token")
-    if not bool(mask[:, -1].all()):
-        raise DataError("prompts must be left-padded (tokenizer.padding_side = 'left')")
-    prompt_len = int(mask.sum(1).max())
-    context = model.max_context
-    if context is not None:
-        if prompt_len >= context:
-            raise DataError(
-                f"prompt of {prompt_len} tokens does not fit the model's context of {context} tokens"
-            )
-        if prompt_len + max_new_tokens > context:
-            # Once per (budget, context): a loop over batches would repeat it for every batch.
-            if (max_new_tokens, context) not in _REDUCED_WARNED:
-                _REDUCED_WARNED.add((max_new_tokens, context))
-                logger.warning(
-                    "max_new_tokens %d reduced to %d to fit the context of %d tokens (warned "
-                    "once; later prompts may be cut to other lengths)",
-                    max_new_tokens,
-                    context - prompt_len,
-                    context,
-                )
-            max_new_tokens = context - prompt_len
+    device = model.device
     eos = resolve_eos(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     eos_t = torch.tensor(eos, dtype=torch.long, device=device)
     batch = input_ids.shape[0]
-    seeds = seed if isinstance(seed, list | tuple) else None
-    if seeds is not None and len(seeds) != batch:
-        raise ConfigError(f"got {len(seeds)} seeds for a batch of {batch} prompts")
-    generators = [
-        torch.Generator(device=device).manual_seed(int(s))
-        for s in (seeds if seeds is not None else [] if seed is None else [seed])
-    ]
+    generators = _generators(seed, batch, device)
 
     def pick(logits: Tensor) -> Tensor:
         if len(generators) <= 1:
@@ -214,6 +150,66 @@ def generate(
     elapsed = time.perf_counter() - start
     new_tokens = torch.stack(tokens, 1) if tokens else input_ids.new_zeros((batch, 0))
     iter_counts = torch.stack(counts, 1) if counts else input_ids.new_zeros((batch, 0))
+    stats = _stats(iter_counts, elapsed, iter_budget)
+    return GenerationOutput(torch.cat([input_ids, new_tokens], dim=1), iter_counts, stats)
+
+
+def _check_prompts(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, max_new_tokens: int
+):
+    """``(input_ids, mask, max_new_tokens)`` on the model's device, checked: left-padded,
+    non-empty prompts, the token budget cut to what the context leaves (warned once)."""
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    device = model.device
+    input_ids = input_ids.to(device)
+    mask = (
+        torch.ones_like(input_ids, dtype=torch.bool)
+        if attention_mask is None
+        else attention_mask.to(device=device, dtype=torch.bool)
+    )
+    if mask.shape != input_ids.shape:
+        raise DataError(
+            f"attention_mask shape {tuple(mask.shape)} != input_ids {tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] == 0 or not bool(mask.any(dim=1).all()):
+        raise DataError("every prompt needs at least one token")
+    if not bool(mask[:, -1].all()):
+        raise DataError("prompts must be left-padded (tokenizer.padding_side = 'left')")
+    prompt_len = int(mask.sum(1).max())
+    context = model.max_context
+    if context is not None:
+        if prompt_len >= context:
+            raise DataError(
+                f"prompt of {prompt_len} tokens does not fit the model's context of {context} tokens"
+            )
+        if prompt_len + max_new_tokens > context:
+            # Once per (budget, context): a loop over batches would repeat it for every batch.
+            if (max_new_tokens, context) not in _REDUCED_WARNED:
+                _REDUCED_WARNED.add((max_new_tokens, context))
+                logger.warning(
+                    "max_new_tokens %d reduced to %d to fit the context of %d tokens (warned "
+                    "once; later prompts may be cut to other lengths)",
+                    max_new_tokens,
+                    context - prompt_len,
+                    context,
+                )
+            max_new_tokens = context - prompt_len
+    return input_ids, mask, max_new_tokens
+
+
+def _generators(seed: int | list[int] | None, batch: int, device) -> list[torch.Generator]:
+    """No generator (torch's global one), one for the batch, or one per row."""
+    seeds = seed if isinstance(seed, list | tuple) else None
+    if seeds is not None and len(seeds) != batch:
+        raise ConfigError(f"got {len(seeds)} seeds for a batch of {batch} prompts")
+    return [
+        torch.Generator(device=device).manual_seed(int(s))
+        for s in (seeds if seeds is not None else [] if seed is None else [seed])
+    ]
+
+
+def _stats(iter_counts: Tensor, elapsed: float, iter_budget: float | None) -> dict[str, float]:
     produced = iter_counts > 0
     n = int(produced.sum())
     stats = {
@@ -225,7 +221,7 @@ def generate(
     }
     if iter_budget is not None:
         stats["iter_budget"] = float(iter_budget)
-    return GenerationOutput(torch.cat([input_ids, new_tokens], dim=1), iter_counts, stats)
+    return stats
 
 
 def _row_budgets(model: nn.Module, iter_budget, threshold, batch: int):

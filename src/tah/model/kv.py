@@ -24,6 +24,25 @@ import torch
 from torch import Tensor
 
 
+def duo_visible(
+    q_pos: Tensor,
+    k_pos: Tensor,
+    k_valid: Tensor | None = None,
+    q_depth: Tensor | int | None = None,
+    k_depth: Tensor | int | None = None,
+) -> Tensor:
+    """The duo-causal visibility rule, for the core's masks and the engine's alike: a query at
+    (position p, depth d) sees an entry at (p', d') iff the entry exists (``k_valid``), p' <= p
+    and d' <= d. Arguments broadcast against each other; a None argument is not checked
+    (callers that only gather slots <= d leave the depths out)."""
+    visible = k_pos <= q_pos
+    if k_valid is not None:
+        visible = visible & k_valid
+    if q_depth is not None and k_depth is not None:
+        visible = visible & (torch.as_tensor(k_depth) <= torch.as_tensor(q_depth))
+    return visible
+
+
 @dataclass
 class DepthPass:
     """What one pass through the network needs to know inside every attention call."""
@@ -115,7 +134,7 @@ class DepthKVCache:
             k_slot = torch.cat(
                 [*past_slot, torch.full((q_pos.shape[1],), depth, device=q_pos.device)]
             )
-            visible = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
+            visible = duo_visible(q_pos[:, :, None], k_pos[:, None, :], k_valid[:, None, :])
             if depth > 0 and self.attention_mode == "root":
                 visible = visible & (k_slot == 0)
             elif depth > 0 and self.attention_mode == "same_iter":
