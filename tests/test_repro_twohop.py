@@ -280,6 +280,7 @@ def test_deepen_keeps_the_function_and_doubles_the_depth(tied):
 
 
 def test_quick_study_end_to_end_and_resume(tmp_path):
+    from tah.repro.twohop.config import BARE_JOBS
     from tah.repro.twohop.study import preset, run_study
 
     config = preset("quick")
@@ -317,7 +318,20 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
         "tahplus_vs_standard",
         "tahplus_vs_wide",
         "tahplus_vs_alwaysthink",
+        *(f"tahplus_vs_{arm}" for arm in BARE_JOBS),
     }
+    # the format-fair controls (issue 23): bare rows only, the mixed arm's shape
+    for arm in BARE_JOBS:
+        assert 0.0 <= row[arm]["accuracy"]["gf"] <= 1.0
+        assert saved["aggregate"][arm]["two_hop"]["n"] == 1
+    assert row["alwaysthink_bare"]["share_tokens_iterating"] == 1.0
+    assert row["wide_bare"]["parameters"] == row["wide"]["parameters"]
+    assert row["deep_bare"]["parameters"] == saved["gate_runs"]["0"]["deep"]["parameters"]
+    cost = saved["cost"]["per_arm"]
+    assert cost["alwaysthink_bare"]["passes_per_token"] == 2.0
+    assert cost["deep"]["flops_per_token"] == cost["deep_bare"]["flops_per_token"]
+    assert cost["standard"]["flops_per_token"] < cost["tahplus"]["flops_per_token"]
+    assert "(with the format-fair controls)" in (tmp_path / "results.md").read_text()
     assert {"precision", "recall", "auc"} <= set(row["decider"]["test"]["answers"])
     split = row["two_hop_by_base_outcome"]
     assert (
@@ -339,7 +353,7 @@ def test_quick_study_end_to_end_and_resume(tmp_path):
     assert "exploratory" not in markdown(stopped)
     # Rerunning skips every finished job: no result file is rewritten.
     stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
-    assert len(stamp) == 8
+    assert len(stamp) == 8 + len(BARE_JOBS)
     run_study(config, tmp_path, show_progress=False)
     assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("seed0/*/result.json")}
     # The same verdict over the same jobs keeps the time it was first recorded.
@@ -417,7 +431,7 @@ def test_quick_study_with_a_bare_answer_base(tmp_path):
     from tah.repro.twohop.study import preset, run_study
 
     config = preset("quick").with_overrides(
-        ["base_writes_intermediate=false", "finetune_written_share=0"]
+        ["base_writes_intermediate=false", "finetune_written_share=0", "bare_arms=false"]
     )
     run_study(config, tmp_path, show_progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -430,7 +444,7 @@ def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
     from tah.repro.twohop.jobs import run_job
     from tah.repro.twohop.study import preset, run_study
 
-    config = preset("quick")
+    config = preset("quick").with_overrides(["bare_arms=false"])
     run_study(config, tmp_path, show_progress=False)
     result = tmp_path / "seed0" / "alwaysthink" / "result.json"
     first = json.loads(result.read_text())
@@ -440,3 +454,52 @@ def test_tah_arms_do_not_depend_on_the_global_generator(tmp_path):
     second = json.loads(result.read_text())
     assert first["train_loss"] == second["train_loss"]
     assert first["test"]["correct"] == second["test"]["correct"]
+
+
+def test_flops_per_token_against_a_count_by_hand():
+    """Standard: 2 x (q, k, v, o, gate, up, down) x layers + the LM head; AlwaysThink: two such
+    passes plus LoRA (r x (in + out) per projection) and the soft embedding; TaH+ in between."""
+    from tah.repro.twohop.cost import arm_costs
+    from tah.repro.twohop.study import preset
+
+    config = preset("quick")
+    h, i, layers, r = config.hidden, config.intermediate, config.shallow_layers, config.lora_r
+    d = h // config.heads
+    q, kv = config.heads * d, config.kv_heads * d
+    projections = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+    vocab = len(build_tokenizer(config.task_spec))
+    per_pass = 2 * (layers * sum(a * b for a, b in projections) + h * vocab)
+    lora = 2 * layers * sum(r * (a + b) for a, b in projections)
+    cost = arm_costs(config, {"standard": 0.0, "alwaysthink": 1.0, "tahplus": 0.25, "deep": 0.0})
+    assert cost["standard"]["flops_per_token"] == per_pass
+    assert cost["alwaysthink"]["flops_per_token"] == 2 * per_pass + lora + 2 * vocab * h
+    deep_pass = per_pass + 2 * (config.deep_layers - layers) * sum(a * b for a, b in projections)
+    assert cost["deep"]["flops_per_token"] == deep_pass
+    tah = cost["tahplus"]
+    assert tah["passes_per_token"] == 1.25
+    # the decider's share: what is left of TaH+ after its passes
+    decider = tah["flops_per_token"] - per_pass - 0.25 * (per_pass + lora + 2 * vocab * h)
+    assert 0 < decider < per_pass
+
+
+def test_compare_runs_names_exactly_the_jobs_whose_accuracy_moved():
+    from tah.repro.twohop.results import compare_runs
+
+    def run(standard_gf: float, tahplus_gf: float) -> dict:
+        acc = {"gf": standard_gf, "one_hop": 1.0}
+        return {
+            "gate_runs": {"0": {"base": {"test": {"accuracy": {"gf": 0.0}}}}},
+            "per_seed": {
+                "0": {
+                    "standard": {"accuracy": acc},
+                    "tahplus": {"accuracy": {"gf": tahplus_gf}},
+                    "mcnemar_two_hop": {},
+                }
+            },
+        }
+
+    same = compare_runs(run(0.06, 1.0), run(0.06, 1.0))
+    assert same == {"compared": 3, "differ": {}}
+    moved = compare_runs(run(0.06, 0.9), run(0.06, 1.0))
+    assert list(moved["differ"]) == ["seed0/tahplus"]
+    assert moved["differ"]["seed0/tahplus"]["new"] == {"gf": 0.9}

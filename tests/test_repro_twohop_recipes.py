@@ -170,6 +170,32 @@ def test_finetune_written_share_is_checked_and_reaches_the_arms(tmp_path):
     assert losses[0.0] != losses[0.5]
 
 
+def test_a_bare_arm_is_its_mixed_arm_fine_tuned_without_written_rows(tmp_path):
+    """``standard_bare`` under the 50/50 mix equals ``standard`` run with no written rows (the
+    same base, stream, steps and lr), and differs from ``standard`` under the mix."""
+    from tah.repro.twohop.jobs import run_job
+    from tah.repro.twohop.study import preset
+
+    mixed = preset("quick").with_overrides(["finetune_written_share=0.5"]).to_dict()
+    bare = preset("quick").with_overrides(["finetune_written_share=0.0"]).to_dict()
+    run_job(mixed, str(tmp_path), 0, "shallow")
+    run_job(mixed, str(tmp_path), 0, "base")
+    gate = {"passed": False, "enforced": False, "recorded_at": "then", "per_seed": {}}
+    (tmp_path / "results.json").write_text(json.dumps({"gate": gate}))  # read by TaH arms
+
+    def trained(config, name):
+        run_job(config, str(tmp_path), 0, name)
+        return json.loads((tmp_path / "seed0" / name / "result.json").read_text())
+
+    for arm in ("standard", "alwaysthink"):
+        fair = trained(mixed, f"{arm}_bare")
+        reference = trained(bare, arm)
+        assert fair["written_per_batch"] == 0 and fair["train_loss"] == reference["train_loss"]
+        assert fair["test"]["correct"] == reference["test"]["correct"]
+        if arm == "standard":  # and the mix does reach the mixed arm
+            assert trained(mixed, arm)["train_loss"] != fair["train_loss"]
+
+
 def test_the_decider_trains_on_its_own_mix_and_reads_the_previous_token(tmp_path):
     """decider_written_share reaches stage 2 only (stage 1 trains on the fine-tuning mix), and
     decider_previous_token reaches the saved TaH+ model."""

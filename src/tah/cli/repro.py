@@ -47,6 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--export-seed", type=int, default=None, help="seed to export (default: the first)"
     )
     parser.add_argument(
+        "--decider-pairs",
+        metavar="LIST",
+        default=None,
+        help="twohop: instead of the study, evaluate a TaH+ checkpoint's decider on validation "
+        "problems at these table sizes, e.g. 2,3,4,5,6,7,8 (learned vs forced second pass)",
+    )
+    parser.add_argument(
+        "--decider-model",
+        metavar="DIR",
+        default=None,
+        help="the TaH+ checkpoint for --decider-pairs (default: the bundled seed-0 model)",
+    )
+    parser.add_argument(
+        "--decider-train-mix",
+        metavar="LIST",
+        default=None,
+        help="with --decider-pairs: first train a fresh decider for that checkpoint on tables "
+        "of these sizes (OUTPUT/model) and evaluate it beside the original",
+    )
+    parser.add_argument(
         "--export-method",
         choices=("tahplus", "tah"),
         default="tahplus",
@@ -87,6 +107,10 @@ def silence_transformers_progress() -> None:
 def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         silence_transformers_progress()
+    if args.scale == "twohop" and getattr(args, "decider_pairs", None):
+        from tah.cli.repro_twohop import run_decider_pairs
+
+        return run_decider_pairs(args)
     if args.scale == "twohop":
         from tah.cli.repro_twohop import run_twohop
         from tah.repro.twohop.study import preset as twohop_preset

@@ -4,6 +4,8 @@
     tah repro twohop --quick       # smoke test of every code path (its numbers mean nothing)
     tah repro twohop --set base_steps=4000 --output runs/twohop-b
     tah repro twohop --export DIR  # then copy seed 0's TaH+ to DIR (tah demo --twohop's model)
+    tah repro twohop --decider-pairs 2,3,4,5,6,7,8 --output runs/decider-pairs
+                                   # the bundled TaH+'s decider at other table sizes
 
 Rerunning a command resumes: finished jobs are skipped.
 """
@@ -53,3 +55,41 @@ def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
         path = export_twohop_checkpoint(output, seed, args.export)
         console.print(f"exported the TaH+ checkpoint of seed {seed} to {path}")
     return 0
+
+
+def run_decider_pairs(args: argparse.Namespace) -> int:
+    """``--decider-pairs``: :func:`tah.repro.twohop.pairs.decider_by_pairs`, written as
+    ``decider-pairs.json`` and ``.md`` into ``--output``."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from tah.cli.demo_twohop import bundled_twohop_path
+    from tah.io import atomic_file, write_json
+    from tah.repro.twohop.pairs import decider_by_pairs, markdown
+
+    pairs = _pairs_list("--decider-pairs", args.decider_pairs)
+    model = Path(args.decider_model) if args.decider_model else bundled_twohop_path()
+    problems = 40 if args.quick else 500
+    out = Path(args.output or "runs/decider-pairs")
+    out.mkdir(parents=True, exist_ok=True)
+    results = [decider_by_pairs(model, pairs, problems=problems)]
+    if getattr(args, "decider_train_mix", None):
+        from tah.repro.twohop.pairs import retrain_decider
+
+        mix = _pairs_list("--decider-train-mix", args.decider_train_mix)
+        trained = retrain_decider(model, out / "model", mix, steps=5 if args.quick else 2000)
+        results.append(decider_by_pairs(out / "model", pairs, problems=problems) | trained)
+    write_json(out / "decider-pairs.json", {"runs": results})
+    text = "\n".join(markdown(result) for result in results)
+    with atomic_file(out / "decider-pairs.md", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    Console().print(text)
+    return 0
+
+
+def _pairs_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected a comma list, e.g. 2,3,4") from None

@@ -21,6 +21,10 @@ BASE_JOBS = ("shallow", "base")  # from scratch, then trained on to convergence
 ARM_GATE_JOBS = ("standard", "standard2x", "wide", "deep")
 GATE_JOBS = (*BASE_JOBS, *ARM_GATE_JOBS)
 TAH_JOBS = ("tahplus", "alwaysthink")
+BARE_SUFFIX = "_bare"
+#: Format-fair controls (issue 23): these arms fine-tuned on bare rows only, the format TaH+'s
+#: decider trains on; same base, problem stream, steps and lr as the mixed-format arm.
+BARE_JOBS = tuple(f"{arm}{BARE_SUFFIX}" for arm in ("standard", "wide", "deep", "alwaysthink"))
 DECIDER_READS = ("middle_last", "all")  # see runs.decider_layers
 
 #: The gate, fixed before any TaH model is trained, so that the TaH arms cannot shape the test
@@ -137,6 +141,9 @@ class TwoHopConfig:
     curve_problems: int = 100  # validation problems of the gate runs' learning curves
     curve_every: int = 1000
     enforce_gate: bool = True
+    # Also train the format-fair controls (BARE_JOBS) after the TaH arms. Adds arms only: the
+    # other arms and their numbers are the same either way.
+    bare_arms: bool = True
     workers: int = 2
     threads: int = 1
 
@@ -287,6 +294,11 @@ def job_dir(out: Path, seed: int, name: str) -> Path:
     return out / f"seed{seed}" / name
 
 
+def mixed_arm(name: str) -> str:
+    """The arm a job trains: ``standard`` for both ``standard`` and ``standard_bare``."""
+    return name.removesuffix(BARE_SUFFIX)
+
+
 #: Settings added after runs were first made, each with the value that reproduces how a run made
 #: before it behaved (its saved config lacks the key; the new default would misdescribe it).
 LEGACY_SETTINGS: dict[str, Any] = {
@@ -297,6 +309,7 @@ LEGACY_SETTINGS: dict[str, Any] = {
     "decider_previous_token": False,
     "decider_written_share": None,
     "base_first_pairs": None,
+    "bare_arms": False,
 }
 
 
@@ -308,8 +321,9 @@ def read_saved_config(saved: dict[str, Any]) -> TwoHopConfig:
 def study_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that change results (not the workers, the gate policy or the seeds: a run
     may add seeds later; nor the base's restarts: a finished base is unchanged by more, and one
-    that missed the precondition continues with the next attempt)."""
-    ignored = ("workers", "threads", "enforce_gate", "seeds", "base_restarts")
+    that missed the precondition continues with the next attempt; nor whether the bare-row
+    arms run: they add arms and change none)."""
+    ignored = ("workers", "threads", "enforce_gate", "seeds", "base_restarts", "bare_arms")
     settings = {k: v for k, v in config.items() if k not in ignored}
     settings["task"] = TwoHopTask(**config["task"]).to_dict()  # task fields added since: defaults
     return settings

@@ -17,7 +17,7 @@ import torch
 
 from tah.data.twohop import build_tokenizer, shortcut_accuracy
 from tah.io import atomic_dir, write_json
-from tah.repro.twohop.config import GATE, TAH_JOBS, TwoHopConfig, job_dir
+from tah.repro.twohop.config import BARE_SUFFIX, GATE, TAH_JOBS, TwoHopConfig, job_dir, mixed_arm
 from tah.repro.twohop.runs import (
     Predictions,
     Shape,
@@ -103,11 +103,16 @@ def _save_standard(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
+def untrained(config: TwoHopConfig, layers: int, width: int | None = None, tahplus: bool = False):
+    """A Standard model of the study's shape, or TaH+ on it (base + LoRA + learned decider);
+    weights from seed 0, for counting, not training."""
+    base = new_standard(config.task_spec, _shape(config, layers, width), 0)
+    return new_tah(base, _decider_config(config), 0) if tahplus else base
+
+
 def tahplus_parameters(config: TwoHopConfig) -> int:
     """Parameters of the TaH+ model (base + LoRA + decider), built without training."""
-    task = config.task_spec
-    base = new_standard(task, _shape(config, config.shallow_layers), 0)
-    return count_parameters(new_tah(base, _decider_config(config), seed=0))
+    return count_parameters(untrained(config, config.shallow_layers, tahplus=True))
 
 
 def _decider_config(config: TwoHopConfig):
@@ -354,17 +359,20 @@ def _finetune_job(
     for p in labeller.parameters():
         p.requires_grad_(False)
     steps = cfg.finetune_steps * (2 if name == "standard2x" else 1)
+    bare = name.endswith(BARE_SUFFIX)  # the same arm and stream, no written-out rows
+    name = mixed_arm(name)
     settings = TrainSettings(
         steps=steps,
         batch=cfg.batch,
         lr=cfg.finetune_lr,
         data_seed=_stream(seed, FINETUNE_STREAM),
-        written_per_batch=cfg.written_per_batch,
+        written_per_batch=0 if bare else cfg.written_per_batch,
     )
     test_batches = eval_batches(task, cfg.test_problems, TEST_SEED)
     total = steps + (cfg.decider_steps if name == "tahplus" else 0)
     report = _Reporter(where / "progress.json", total)
     result: dict[str, Any] = {"kind": "finetune", "steps": steps}
+    result["written_per_batch"] = settings.written_per_batch
     if name in TAH_JOBS:
         state = json.loads((out / "results.json").read_text(encoding="utf-8"))
         result["gate_when_trained"] = {  # the verdict on record when this arm started

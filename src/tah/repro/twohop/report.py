@@ -8,6 +8,7 @@ from typing import Any
 
 from tah.io import atomic_file, write_json
 from tah.repro.plots import pyplot, save_figure
+from tah.repro.twohop.cost import fair_markdown
 from tah.repro.twohop.results import ARMS, COMPARISONS, TAH_ARMS
 
 _LABELS = {
@@ -17,6 +18,8 @@ _LABELS = {
     "tahplus": "TaH+ ({n}L, learned decider, τ fixed)",
     "oracle": "TaH+ oracle routing",
     "depth1": "TaH+ depth 1 only",
+    "standard_bare": "Standard ({n}L, bare rows)",
+    "alwaysthink_bare": "AlwaysThink ({n}L, bare rows)",
 }
 
 
@@ -286,7 +289,6 @@ def _arms_section(results: dict[str, Any], agg: dict[str, Any]) -> list[str]:
 def _decider_section(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     lines += [
-        "",
         "## Decider (held-out labels: the base's errors)",
         "",
         "| seed | split | positions | precision | recall | AUC | hard share | predicted share |",
@@ -344,7 +346,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = _gate_section(results) + _gate_runs_section(results) + _verdict_section(results)
     agg = results.get("aggregate") or {}
     if agg:
-        lines += _arms_section(results, agg) + _decider_section(results) + _sweep_section(results)
+        lines += _arms_section(results, agg) + ["", *fair_markdown(results)]
+        lines += _decider_section(results) + _sweep_section(results)
     return "\n".join(lines + _footer(results)) + "\n"
 
 
@@ -428,6 +431,8 @@ def _plot_share(ax_share: Any, results: dict[str, Any]) -> None:
             ("standard", "C0", "s"),
             ("wide", "C1", "D"),
             ("alwaysthink", "C4", "^"),
+            ("alwaysthink_bare", "C5", "^"),
+            ("standard_bare", "C9", "s"),
             ("oracle", "C2", "*"),
             ("depth1", "C7", "v"),
         ):

@@ -10,10 +10,13 @@ from typing import Any
 from tah.data.twohop import TWO_HOP
 from tah.repro.stats import mcnemar as mcnemar_p
 from tah.repro.stats import mean_std as mean_and_std
+from tah.repro.twohop.config import BARE_JOBS
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
 TAH_ARMS = ("alwaysthink", "tahplus")
 COMPARISONS = (("tahplus", "standard"), ("tahplus", "wide"), ("tahplus", "alwaysthink"))
+# The format-fair controls (issue 23), where the run has them
+FAIR_COMPARISONS = tuple(("tahplus", arm) for arm in BARE_JOBS)
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         for seed, runs in runs_by_seed.items()
     }
     finetune = {
-        seed: {name: run for name, run in runs.items() if name in ARMS}
+        seed: {name: run for name, run in runs.items() if name in (*ARMS, "deep", *BARE_JOBS)}
         for seed, runs in runs_by_seed.items()
     }
     finetune = {seed: runs for seed, runs in finetune.items() if runs}
@@ -66,7 +69,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
                 row["tau_sweep"] = run["tau_sweep"]
                 row["decider"] = run["decider"]
         tests = {}
-        for first, second in COMPARISONS:
+        for first, second in (*COMPARISONS, *FAIR_COMPARISONS):
             if first in runs and second in runs:
                 tests[f"{first}_vs_{second}"] = mcnemar(
                     _two_hop(runs[first]["test"]), _two_hop(runs[second]["test"])
@@ -77,7 +80,7 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
         per_seed[str(seed)] = row
     results["per_seed"] = per_seed
     aggregate: dict[str, Any] = {}
-    for arm in (*ARMS, "oracle", "depth1"):
+    for arm in (*ARMS, "oracle", "depth1", "deep", *BARE_JOBS):
         rows = [r[arm] for r in per_seed.values() if arm in r]
         if not rows:
             continue
@@ -92,12 +95,36 @@ def collect(state: dict[str, Any], runs_by_seed: dict[int, dict]) -> dict:
             ),
         }
     results["aggregate"] = aggregate
+    results["cost"] = _costs(state, aggregate)
     results["complete"] = (
         bool(finetune)
-        and all(set(ARMS) <= set(runs) for runs in finetune.values())
+        and all(set(_expected_arms(state)) <= set(runs) for runs in finetune.values())
         and len(finetune) == len(state["config"]["seeds"])
     )
     return results
+
+
+def _costs(state: dict[str, Any], aggregate: dict[str, Any]) -> dict[str, Any]:
+    """Forward passes and FLOPs per token of every fine-tuned arm (:mod:`tah.repro.twohop.cost`)
+    at its mean share of tokens at depth 2 over seeds."""
+    from tah.repro.twohop.config import read_saved_config
+    from tah.repro.twohop.cost import COUNTED, arm_costs
+
+    shares = {
+        arm: stats["share_tokens_iterating"]["mean"] / 100
+        for arm, stats in aggregate.items()
+        if arm not in ("oracle", "depth1") and stats["share_tokens_iterating"]["mean"] is not None
+    }
+    if not shares:
+        return {}
+    shares.setdefault("deep", 0.0)  # a Standard model: one pass of its layers on every token
+    return {"counted": COUNTED, "per_arm": arm_costs(read_saved_config(state["config"]), shares)}
+
+
+def _expected_arms(state: dict[str, Any]) -> tuple[str, ...]:
+    """The arms a complete run has: the bare-row controls only where the run trained them."""
+    bare = state["config"].get("bare_arms", False)  # a run made before them lacks the key
+    return (*ARMS, *BARE_JOBS) if bare else ARMS
 
 
 def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
@@ -124,3 +151,28 @@ def _by_base_outcome(base: dict[str, Any], runs: dict[str, Any]) -> dict[str, An
 
 def _strip(outcome: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in outcome.items() if k not in ("correct", "kinds")}
+
+
+def compare_runs(new: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Test accuracies of the jobs two runs share (a rerun of the same settings is
+    deterministic, so every one should be equal): per seed and job, the differing numbers."""
+
+    def accuracies(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
+        out = {}
+        for seed, runs in (results.get("gate_runs") or {}).items():
+            for name, run in runs.items():
+                out[(seed, name)] = run["test"]["accuracy"]
+        for seed, row in (results.get("per_seed") or {}).items():
+            for name, arm in row.items():
+                if isinstance(arm, dict) and "accuracy" in arm:
+                    out[(seed, name)] = arm["accuracy"]
+        return out
+
+    mine, theirs = accuracies(new), accuracies(reference)
+    shared = sorted(set(mine) & set(theirs))
+    differ = {
+        f"seed{seed}/{name}": {"new": mine[seed, name], "reference": theirs[seed, name]}
+        for seed, name in shared
+        if mine[seed, name] != theirs[seed, name]
+    }
+    return {"compared": len(shared), "differ": differ}

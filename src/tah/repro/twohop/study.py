@@ -33,6 +33,11 @@ Order of the study, per seed (seeds 0, 1, 2):
    ``standard``, ``wide`` and ``deep``: TaH+ (stage 1: backbone + LoRA under oracle routing;
    stage 2: the decider alone, D steps) and AlwaysThink (every token runs depth 2, in training
    and at test).
+5. **Format-fair controls** (``bare_arms``, issue 23; registered in NOTES.md section 12):
+   ``standard_bare``, ``wide_bare``, ``deep_bare`` and ``alwaysthink_bare``, the same arms
+   fine-tuned on bare rows only, the format TaH+'s decider trains on (the arms above train on
+   the written/bare mix). They run in step 4's phase and change no other arm. The report puts
+   every arm's cost per token beside its accuracy (:mod:`tah.repro.twohop.cost`).
 
 Why the deep control grows from the base instead of training from scratch: from scratch, how
 many steps a model takes to learn its first lookup varies from seed to seed and grows with depth
@@ -63,6 +68,7 @@ from tah.errors import ConfigError
 from tah.io import write_json
 from tah.repro.twohop.config import (
     ARM_GATE_JOBS,
+    BARE_JOBS,
     BASE_JOBS,
     GATE,
     GATE_JOBS,
@@ -102,6 +108,8 @@ def _jobs(config: TwoHopConfig, out: Path, names: tuple[str, ...]) -> list:
         "alwaysthink": 2.5,
         "deep": 2.0,
         "standard2x": 2.0,
+        "alwaysthink_bare": 2.5,
+        "deep_bare": 2.0,
     }
     jobs = []
     for seed in config.seeds:
@@ -229,7 +237,7 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     state["readout"]["threshold_tau"] = config.threshold
     write_json(state_path, state)  # gate and readout on disk before any TaH job starts
     if proceed:
-        _run(_jobs(config, out, TAH_JOBS), config, show_progress, finished)
+        _run(_jobs(config, out, _tah_phase(config)), config, show_progress, finished)
     else:
         state["stopped"] = (
             "the gate failed: no TaH model was trained. Change the task (Standard runs only) "
@@ -238,11 +246,17 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     state["wall_time_s_this_invocation"] = time.perf_counter() - started
     results = collect(
         state,
-        _load_results(out, config, (*GATE_JOBS, *TAH_JOBS)),
+        _load_results(out, config, (*GATE_JOBS, *TAH_JOBS, *BARE_JOBS)),
     )
     write_json(state_path, results)
     write_report(results, out)
     return results
+
+
+def _tah_phase(config: TwoHopConfig) -> tuple[str, ...]:
+    """The jobs after the gate and the readout: the TaH arms, then (issue 23) the format-fair
+    controls, in one phase so that both workers stay busy."""
+    return (*TAH_JOBS, *BARE_JOBS) if config.bare_arms else TAH_JOBS
 
 
 def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> None:
