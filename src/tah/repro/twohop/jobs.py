@@ -22,6 +22,7 @@ from tah.repro.twohop.runs import (
     Predictions,
     Shape,
     TrainSettings,
+    auc,
     count_parameters,
     decider_scores,
     deepen,
@@ -463,18 +464,6 @@ def _stage2(cfg, seed, stage1_dir, labeller, test_batches, report, where) -> dic
     with atomic_dir(where / "model") as tmp:
         model.save_pretrained(tmp)
     return out
-
-
-def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    uniq, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
-    below = counts.cumsum(0) - counts
-    mean_rank = below.double() + (counts.double() + 1) / 2  # ties share their average rank
-    r_pos = float(mean_rank[inverse][positive].sum())
-    return (r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def decider_metrics(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, Any]:

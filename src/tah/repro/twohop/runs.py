@@ -433,3 +433,15 @@ def decider_scores(
         supervised[:, :-1] = batch.labels[:, 1:] != IGNORE
         answer.append(supervised.flatten())
     return {"prob": torch.cat(probs), "hard": torch.cat(hard), "answer": torch.cat(answer)}
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    uniq, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
+    below = counts.cumsum(0) - counts
+    mean_rank = below.double() + (counts.double() + 1) / 2  # ties share their average rank
+    r_pos = float(mean_rank[inverse][positive].sum())
+    return (r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
