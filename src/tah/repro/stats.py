@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["mcnemar", "mcnemar_from_runs", "mean_std"]
+__all__ = ["mcnemar", "mcnemar_from_runs", "mean_std", "over_seeds"]
 
 
 def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None]:
@@ -50,3 +50,12 @@ def mcnemar_from_runs(first: Mapping[str, bool], second: Mapping[str, bool]) -> 
         "only_second": only_second,
         "p_value": mcnemar(only_first, only_second),
     }
+
+
+def over_seeds(values: list[float | None]) -> dict[str, Any]:
+    """Mean ± sample std over seeds (missing and NaN values left out; one value: std 0)."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    mean, std = mean_std(kept)
+    if mean is None:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": mean, "std": 0.0 if std is None else std, "n": len(kept), "values": kept}

@@ -195,7 +195,7 @@ def fair_markdown(results: dict[str, Any]) -> list[str]:
 
 def _deep_from_gate(results: dict[str, Any]) -> dict[str, Any] | None:
     """Two-hop and one-hop accuracy of the deep control over seeds, from the gate's record."""
-    from tah.repro.twohop.results import mean_std
+    from tah.repro.stats import over_seeds as mean_std
 
     rows = [row for row in results["gate"]["per_seed"].values() if row["two_hop"].get("deep")]
     if not rows:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tah.data.twohop import TWO_HOP
 from tah.repro.stats import mcnemar as mcnemar_p
-from tah.repro.stats import mean_std as mean_and_std
+from tah.repro.stats import over_seeds as mean_std
 from tah.repro.twohop.config import BARE_JOBS
 
 ARMS = ("standard", "wide", "alwaysthink", "tahplus")
@@ -26,15 +26,6 @@ def mcnemar(a: list[bool], b: list[bool]) -> dict[str, Any]:
     only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
     only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
     return {"only_first": only_a, "only_second": only_b, "p": mcnemar_p(only_a, only_b)}
-
-
-def mean_std(values: list[float]) -> dict[str, Any]:
-    """Mean ± sample std over seeds (missing and NaN values left out; one value: std 0)."""
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    mean, std = mean_and_std(kept)
-    if mean is None:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": mean, "std": 0.0 if std is None else std, "n": len(kept), "values": kept}
 
 
 def _two_hop(outcome: dict[str, Any]) -> list[bool]:
