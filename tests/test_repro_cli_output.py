@@ -17,7 +17,13 @@ def stub_study(monkeypatch):
     def run_study(config, output, show_progress=True):
         seen["bars"] = hf_logging.is_progress_bar_enabled()
         seen["show_progress"] = show_progress
-        return {"gate": {"passed": False}, "aggregate": {}, "wall_time_s_this_invocation": 1.0}
+        two_hop = {"two_hop": {"mean": 2.1, "std": 0.0}}
+        return {
+            "config": {"shallow_layers": 2},
+            "gate": {"passed": False},
+            "aggregate": {"tahplus": two_hop, "standard_bare": two_hop, "deep": two_hop},
+            "wall_time_s_this_invocation": 1.0,
+        }
 
     monkeypatch.setattr("tah.repro.twohop.study.run_study", run_study)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
@@ -34,6 +40,10 @@ def test_quick_twohop_output(stub_study, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "1 worker x" in out and "1 workers" not in out, out
     assert "gate FAILED" in out and "expected with --quick" in out, out
+    # arms by the report's names, not the job names
+    assert "TaH+ (2L" in out and "Standard (2L, bare rows)" in out, out
+    assert "tahplus" not in out and "standard_bare" not in out, out
+    assert "  deep " in out  # an arm without a report name keeps its own
     assert stub_study == {"bars": False, "show_progress": False}
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # for the worker processes
 

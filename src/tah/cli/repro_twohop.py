@@ -22,6 +22,7 @@ def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
     from rich.console import Console
 
     from tah.cli.render import workers_text
+    from tah.repro.twohop.report import labels
     from tah.repro.twohop.study import run_study
 
     if getattr(args, "export_method", "tahplus") != "tahplus":
@@ -41,9 +42,14 @@ def run_twohop(args: argparse.Namespace, config: Any, output: str) -> int:
         )
     else:
         console.print("gate [red]FAILED[/]")
-    for arm, stats in (results.get("aggregate") or {}).items():
+    # The report's arm names, not the job names (a results.json always holds its config).
+    names = labels(results["config"])
+    aggregate = results.get("aggregate") or {}
+    width = max((len(names.get(arm, arm)) for arm in aggregate), default=0)
+    for arm, stats in aggregate.items():
         two = stats["two_hop"]
-        console.print(f"  {arm:<12} two-hop {two['mean']:.1f} ± {two['std']:.1f} %")
+        name = names.get(arm, arm)
+        console.print(f"  {name:<{width}}  two-hop {two['mean']:.1f} ± {two['std']:.1f} %")
     minutes = results["wall_time_s_this_invocation"] / 60
     console.print(
         f"written {output}/results.md, results.json, results.png ({minutes:.1f} min this run)"
