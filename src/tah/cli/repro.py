@@ -4,6 +4,7 @@
     tah repro tiny --quick         # CI smoke: one seed, tiny everything, ~1 min on idle cores
     tah repro tiny --set finetune_steps=600 --set threshold=0.7 --output runs/repro-b
     tah repro twohop               # the depth-bound study (see tah.repro.twohop)
+    tah repro plateau              # word problems at Standard's plateau (see tah.repro.plateau)
 
 Rerunning a command resumes: finished steps are skipped.
 """
@@ -19,8 +20,9 @@ from tah.cli.common_args import add_overrides_argument
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scale",
-        choices=["tiny", "twohop"],
-        help="which study: 'tiny' (the paper's pipeline) or 'twohop' (the depth-bound task)",
+        choices=["tiny", "twohop", "plateau"],
+        help="which study: 'tiny' (the paper's pipeline), 'twohop' (the depth-bound task) or "
+        "'plateau' (word problems once Standard has stopped improving)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke-test preset: one seed, a few minutes"
@@ -117,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
         configured = configure(args, twohop_preset, "full")
         return 0 if configured is None else run_twohop(args, *configured)
+    if args.scale == "plateau":
+        from tah.repro.plateau.config import preset as plateau_preset
+
+        configured = configure(args, plateau_preset, "plateau")
+        return 0 if configured is None else _run_plateau(args, *configured)
 
     from rich.console import Console
 
@@ -150,4 +157,31 @@ def run(args: argparse.Namespace) -> int:
         seed = config.seeds[0] if args.export_seed is None else args.export_seed
         path = export_checkpoint(output, seed, args.export, method=args.export_method)
         console.print(f"exported the {args.export_method} checkpoint of seed {seed} to {path}")
+    return 0
+
+
+def _run_plateau(args: argparse.Namespace, config: Any, output: str) -> int:
+    from rich.console import Console
+
+    from tah.cli import main
+    from tah.cli.render import workers_text
+    from tah.repro.plateau.study import run_plateau
+
+    console = Console()
+    console.print(
+        f"[bold]tah repro plateau[/] ({config.preset}): seeds {config.seeds}, "
+        f"{workers_text(config)} → {output}"
+    )
+    results = run_plateau(config, output, show_progress=not args.no_progress, command=main)
+    gate = results.get("gate") or {}
+    verdict = "passed" if gate.get("passed") else "FAILED (TaH arms exploratory)"
+    console.print(f"gate: {verdict}; checks {gate.get('checks')}")
+    for key, agg in results["aggregate"].items():
+        stat = agg["accuracy"]
+        if stat.get("mean") is not None:
+            console.print(
+                f"  {key:18s} {stat['mean']:5.1f} ± {stat['std']:.1f} %  {stat['values']}"
+            )
+    minutes = (results.get("wall_time_s_this_invocation") or 0.0) / 60
+    console.print(f"written {output}/results.md, results.json, results.png ({minutes:.1f} min)")
     return 0

@@ -15,7 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["count_checkpoint_params", "widen", "widen_mlp", "widen_to_match"]
+__all__ = [
+    "count_checkpoint_params",
+    "widen",
+    "widen_mlp",
+    "widen_to_count",
+    "widen_to_match",
+]
 
 
 def count_checkpoint_params(path: str | os.PathLike) -> int:
@@ -88,11 +94,18 @@ def widen_mlp(base: str | os.PathLike, output: str | os.PathLike, extra: int, se
 
 def widen_to_match(base: str, reference: str, output: str, seed: int = 0) -> dict[str, Any]:
     """Widen ``base`` just enough to hold at least as many parameters as ``reference``."""
+    return widen_to_count(base, count_checkpoint_params(reference), output, seed, str(reference))
+
+
+def widen_to_count(
+    base: str, target: int, output: str, seed: int = 0, reference: str = ""
+) -> dict[str, Any]:
+    """Widen ``base`` just enough to hold at least ``target`` parameters (``reference`` names
+    where the target came from, for the record written to ``output/widen.json``)."""
     from transformers import AutoConfig
 
     from tah.io import write_json
 
-    target = count_checkpoint_params(reference)
     have = count_checkpoint_params(base)
     config = AutoConfig.from_pretrained(base)
     per_unit = 3 * int(config.hidden_size) * int(config.num_hidden_layers)
@@ -101,8 +114,8 @@ def widen_to_match(base: str, reference: str, output: str, seed: int = 0) -> dic
     record = {
         "base": str(base),
         "base_params": have,
-        "reference": str(reference),
-        "reference_params": target,
+        "reference": reference,
+        "reference_params": int(target),
         "intermediate_size": int(config.intermediate_size) + extra,
         "params": params,
     }

@@ -47,6 +47,10 @@ VARIANTS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
         "capacity: MLP hidden dims [128, 128, 128], expansion 4",
         {"tah": {"decider_hidden_dims": [128, 128, 128], "decider_expansion": 4}},
     ),
+    "previous_token": (
+        "also reads the previous token's depth-1 features (our extension; the paper's reads one)",
+        {"tah": {"decider_previous_token": True}},
+    ),
 }
 
 

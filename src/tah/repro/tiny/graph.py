@@ -30,7 +30,7 @@ from tah.repro.tiny.rows import write_labelled_rows
 from tah.repro.tiny.token_accuracy import score_to_json
 from tah.repro.widen import widen_to_match
 
-__all__ = ["build_jobs", "labeller_dir"]
+__all__ = ["LabelsDone", "SeedGraph", "build_jobs", "labeller_dir"]
 
 
 # ------------------------------------------------------------------ progress probes
@@ -71,7 +71,7 @@ def _eval_progress(out_dir: Path, total: int):
     return probe
 
 
-class _LabelsDone:
+class LabelsDone:
     """A ``done`` marker with ``exists()``: ``tah label`` marks completion in tah_labels.json."""
 
     def __init__(self, path: Path) -> None:
@@ -104,7 +104,7 @@ def build_jobs(
     entry point, for the one step that picks its command line while it runs."""
     jobs: list[Job] = []
     for rank, seed in enumerate(config.seeds):
-        graph = _SeedGraph(config, out, seed, vocab, command)
+        graph = SeedGraph(config, out, seed, vocab, command)
         graph.models()
         graph.evaluations()
         graph.decider_study()
@@ -115,7 +115,7 @@ def build_jobs(
     return jobs
 
 
-class _SeedGraph:
+class SeedGraph:
     """One seed's jobs, added phase by phase (each phase a method, in the order they run)."""
 
     def __init__(
@@ -211,7 +211,7 @@ class _SeedGraph:
             argv = ["label", "--data", str(self.data / f"{split}.jsonl"), "--model", self.labeller]
             argv += ["--output", str(labels), "--think-token", "", "--batch-size", "64"]
             argv += ["--overwrite", "--no-progress"]
-            done = _LabelsDone(labels)
+            done = LabelsDone(labels)
             self.command_job(f"label_{split}", argv, [self.labeller_step], done, 50.0)
         rows = {
             "labels_dir": str(sd / "labels" / "train"),

@@ -34,6 +34,10 @@ from tah.repro.tiny.tables import (
 __all__ = [
     "COLUMNS",
     "collect_results",
+    "correct_by_problem",
+    "eval_numbers",
+    "read_json",
+    "sweep_points",
     "markdown_table",
     "plot_results",
     "preregistration",
@@ -69,14 +73,14 @@ def preregistration(config: ReproConfig) -> dict[str, Any]:
     }
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def _eval_numbers(summary: dict[str, Any] | None) -> dict[str, Any]:
+def eval_numbers(summary: dict[str, Any] | None) -> dict[str, Any]:
     if not summary:
         return {}
     data = next(iter(summary.get("datasets", {}).values()), {})
@@ -99,7 +103,7 @@ def _token_numbers(record: dict[str, Any] | None) -> dict[str, Any]:
     return {k: record.get(k) for k in keys} | {"hard_tokens": record.get("hard")}
 
 
-def _correct_by_problem(run_dir: Path) -> dict[str, bool] | None:
+def correct_by_problem(run_dir: Path) -> dict[str, bool] | None:
     """problem id -> whether the (single, greedy) sample was right; None if the run is absent."""
     path = run_dir / "samples.jsonl"
     if not path.is_file():
@@ -113,7 +117,7 @@ def _correct_by_problem(run_dir: Path) -> dict[str, bool] | None:
     return out
 
 
-def _sweep_points(sweep: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def sweep_points(sweep: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {
         f"{p['tau']:g}": {
             "accuracy": p.get("mean_accuracy"),
@@ -133,18 +137,18 @@ def _seed_results(config: ReproConfig, out: Path, seed: int) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key in [m.key for m in METHODS] + list(ROUTING_ROWS):
         row[key] = {
-            **_eval_numbers(_read(sd / "eval" / key / "summary.json")),
-            **_token_numbers(_read(sd / "tokens" / f"{key}.json")),
+            **eval_numbers(read_json(sd / "eval" / key / "summary.json")),
+            **_token_numbers(read_json(sd / "tokens" / f"{key}.json")),
         }
     labels = {}
     for split in ("train", "validation", "test"):
-        stats = (_read(sd / "labels" / split / "tah_labels.json") or {}).get("stats") or {}
+        stats = (read_json(sd / "labels" / split / "tah_labels.json") or {}).get("stats") or {}
         labels[split] = {
             "supervised_hard_ratio": stats.get("supervised_hard_ratio"),
             "supervised_tokens": stats.get("supervised_tokens"),
         }
     correct = {
-        key: _correct_by_problem(sd / "eval" / key)
+        key: correct_by_problem(sd / "eval" / key)
         for key in {k for pair in COMPARISONS for k in pair}
     }
     paired = {}
@@ -155,24 +159,26 @@ def _seed_results(config: ReproConfig, out: Path, seed: int) -> dict[str, Any]:
     variants = ["default", *config.decider_variants]
     for variant in variants:
         study[variant] = {
-            "validation_scores": _read(sd / "validation" / "decider" / f"{variant}.json") or {},
-            "validation_sweep": _sweep_points(
-                _read(sd / "validation" / "sweep" / variant / "sweep.json")
+            "validation_scores": read_json(sd / "validation" / "decider" / f"{variant}.json") or {},
+            "validation_sweep": sweep_points(
+                read_json(sd / "validation" / "sweep" / variant / "sweep.json")
             ),
         }
-    prune = _read(sd / "pruned" / "prune_report.json") or {}
+    prune = read_json(sd / "pruned" / "prune_report.json") or {}
     return {
         "methods": row,
-        "base": _eval_numbers(_read(sd / "eval" / "base" / "summary.json")),
+        "base": eval_numbers(read_json(sd / "eval" / "base" / "summary.json")),
         "sweep": {
-            k: _sweep_points(_read(sd / "sweep" / k / "sweep.json")) for k in ("tah", "tahplus")
+            k: sweep_points(read_json(sd / "sweep" / k / "sweep.json")) for k in ("tah", "tahplus")
         },
         "labels": labels,
-        "decider_test": {k: _read(sd / "decider" / f"{k}.json") or {} for k in ("tah", "tahplus")},
+        "decider_test": {
+            k: read_json(sd / "decider" / f"{k}.json") or {} for k in ("tah", "tahplus")
+        },
         "decider_study": study,
-        "selection": _read(sd / "eval" / "tahplus_val" / "selection.json"),
+        "selection": read_json(sd / "eval" / "tahplus_val" / "selection.json"),
         "paired_tests": paired,
-        "wide": _read(sd / "wide_base" / "widen.json"),
+        "wide": read_json(sd / "wide_base" / "widen.json"),
         "pruned_layer": prune.get("removed"),
         "prune_ppl": [prune.get("base_ppl"), prune.get("pruned_ppl")],
         "pretrain_final_loss": _read_last_train(sd / "base" / "train_log.jsonl").get("loss"),
