@@ -62,7 +62,7 @@ def _new_positions(factor: int, placement: str) -> list[int]:
 
 @pytest.mark.parametrize("family", ["qwen3", "llama", "qwen2"])
 @pytest.mark.parametrize("factor", [2, 3])
-@pytest.mark.parametrize("placement", ["interleave", "append"])
+@pytest.mark.parametrize("placement", ["interleave", "append", "cycle"])
 def test_deepened_model_computes_the_base_function(family, factor, placement):
     from tah.repro.deepen import deepen
 
@@ -125,7 +125,7 @@ def test_layers_are_placed_and_new_layers_write_nothing():
     from tah.repro.deepen import deepen
 
     base = _base("llama")
-    for placement, originals in (("interleave", [0, 2]), ("append", [0, 1])):
+    for placement, originals in (("interleave", [0, 2]), ("append", [0, 1]), ("cycle", [0, 1])):
         deep = deepen(base, 2, placement)
         new = _new_positions(2, placement)
         assert sorted(originals + new) == [0, 1, 2, 3]
@@ -143,7 +143,7 @@ def test_layers_are_placed_and_new_layers_write_nothing():
             ):
                 assert weight.abs().sum() == 0
             # the rest is a copy of the layer it was made from
-            src = 1 if placement == "append" else j // 2
+            src = {"append": 1, "cycle": j % LAYERS}.get(placement, j // 2)
             torch.testing.assert_close(
                 layer.mlp.up_proj.weight, base.model.layers[src].mlp.up_proj.weight
             )
@@ -225,7 +225,7 @@ def test_bad_arguments_are_refused(base_dir, tmp_path):
     for factor in (1, 0, 2.0, True):
         with pytest.raises(ConfigError, match="factor must be an integer >= 2"):
             deepen(base, factor)
-    with pytest.raises(ConfigError, match="interleave, append.*'bogus'"):
+    with pytest.raises(ConfigError, match="interleave, append, cycle.*'bogus'"):
         deepen(base, 2, "bogus")
     with pytest.raises(ConfigError, match="factor"):
         deepen_checkpoint(base_dir, tmp_path / "out", factor=1)

@@ -20,7 +20,9 @@ sensible values to start from.
 
 Placements: ``"interleave"`` puts the ``factor - 1`` copies of layer ``i`` right after it
 (``i, i', i'', i+1, ...``); ``"append"`` keeps the base's layers first and adds the copies of
-its last layer at the end.
+its last layer at the end; ``"cycle"`` appends copies of the whole stack in order
+(``0, 1, ..., L-1, 0', 1', ...``), a second pass through the network unrolled into new layers,
+which is the depth TaH's second pass gets (the two-hop study's deep control).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 __all__ = ["DEEPENABLE_MODEL_TYPES", "PLACEMENTS", "deepen", "deepen_checkpoint", "layer_sources"]
 
-PLACEMENTS = ("interleave", "append")
+PLACEMENTS = ("interleave", "append", "cycle")
 # Pre-norm decoders whose layers write to the residual stream only through o_proj and down_proj.
 DEEPENABLE_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 # The residual writers of a layer, zeroed in each new one.
@@ -58,6 +60,8 @@ def layer_sources(layers: int, factor: int, placement: str) -> list[tuple[int, b
         )
     if placement == "interleave":
         return [(i, k > 0) for i in range(layers) for k in range(factor)]
+    if placement == "cycle":  # the base's stack again after itself: a second pass, unrolled
+        return [(i % layers, i >= layers) for i in range(factor * layers)]
     extra = [(layers - 1, True)] * ((factor - 1) * layers)
     return [(i, False) for i in range(layers)] + extra
 

@@ -28,9 +28,10 @@ class PlateauConfig(ReproConfig):
     # Standard is also fine-tuned for plateau_factor x finetune_steps ("standard_2x")
     plateau_factor: int = 2
     # the depth control: the pretrained base with deep_factor x its layers, every new layer
-    # starting as the identity (tah.repro.deepen), fine-tuned like Standard
+    # starting as the identity (tah.repro.deepen), fine-tuned like Standard; "cycle" = the
+    # base's stack again after itself, the depth TaH's second pass has (as the two-hop study)
     deep_factor: int = 2
-    deep_placement: str = "interleave"
+    deep_placement: str = "cycle"
     # gate (validation answer accuracy, points): Standard has plateaued on every seed when the
     # longer run gains at most plateau_max_gain; depth binds when the deep model beats the better
     # of the two Standard runs by at least deep_min_gain on every seed; width does not matter
@@ -50,9 +51,12 @@ class PlateauConfig(ReproConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:
                 raise ConfigError(f"{name} must be an integer >= 2, got {value!r}")
-        if self.deep_placement not in ("interleave", "append"):
+        from tah.repro.deepen import PLACEMENTS
+
+        if self.deep_placement not in PLACEMENTS:
             raise ConfigError(
-                f"deep_placement must be 'interleave' or 'append', got {self.deep_placement!r}"
+                f"deep_placement must be one of {', '.join(PLACEMENTS)}, got "
+                f"{self.deep_placement!r}"
             )
         if self.on_gate_fail not in ("exploratory", "stop"):
             raise ConfigError(

@@ -97,37 +97,16 @@ def new_standard(task: TwoHopTask, shape: Shape, seed: int) -> nn.Module:
 
 
 def deepen(model: nn.Module, layers: int, seed: int) -> nn.Module:
-    """A copy of ``model`` grown to ``layers`` layers that computes exactly the same function.
+    """A copy of ``model`` grown to ``layers`` layers that computes exactly the same function:
+    :func:`tah.repro.deepen.deepen` with the ``cycle`` placement (new layer ``i`` starts as a
+    copy of layer ``i mod L`` with zeroed output projections). ``seed`` is kept for callers;
+    every weight is copied, so nothing is drawn."""
+    from tah.repro.deepen import deepen as grow
 
-    New layer ``i`` starts as a copy of layer ``i mod L`` (its attention and MLP weights are the
-    base's own lookup machinery) with its attention output and MLP down projections zeroed, so
-    every new layer adds nothing to the residual stream until training moves it.
-    """
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(model.config)
-    old = config.num_hidden_layers
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i % old] for i in range(layers)]
-    torch.manual_seed(seed)
-    deep = AutoModelForCausalLM.from_config(config).float()
-    state = model.state_dict()
-    grown = {}
-    for name in deep.state_dict():
-        if ".layers." not in name:
-            grown[name] = state[name].clone()
-            continue
-        prefix, rest = name.split(".layers.", 1)
-        index, tail = rest.split(".", 1)
-        source = state[f"{prefix}.layers.{int(index) % old}.{tail}"].clone()
-        if int(index) >= old and tail.endswith(("o_proj.weight", "down_proj.weight")):
-            source.zero_()
-        grown[name] = source
-    deep.load_state_dict(grown)
-    return deep
+    old = int(model.config.num_hidden_layers)
+    if layers % old:
+        raise ValueError(f"deep_layers ({layers}) must be a multiple of the base's ({old})")
+    return grow(model, factor=layers // old, placement="cycle")
 
 
 def decider_layers(layers: int, reads: str = "middle_last") -> list[int]:
