@@ -33,7 +33,7 @@ from typing import Any
 
 from tah.errors import TaHError
 
-__all__ = ["Job", "JobFailed", "JobResult", "run_external", "run_jobs"]
+__all__ = ["Job", "JobFailed", "JobResult", "run_external", "run_jobs", "utc_timestamp"]
 
 ProgressFn = Callable[[], tuple[float, float] | None]
 
@@ -410,3 +410,8 @@ def run_jobs(
             _run_in_pool(plan, workers, threads, command)
     plan.raise_failures()
     return plan.results
+
+
+def utc_timestamp() -> str:
+    """Now, as the studies stamp what they record (a gate, a registered readout): UTC, seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -23,7 +23,7 @@ from typing import Any
 
 from tah.errors import ConfigError
 from tah.io import write_json
-from tah.repro.jobs import JobResult, run_jobs
+from tah.repro.jobs import JobResult, run_jobs, utc_timestamp
 from tah.repro.plateau.config import PlateauConfig
 from tah.repro.plateau.gate import gate_accuracy, gate_verdict
 from tah.repro.plateau.graph import gate_jobs, tah_jobs
@@ -50,10 +50,6 @@ def _check_settings(config: PlateauConfig, out: Path) -> None:
                 "choose another --output or delete it"
             )
     write_json(saved, config.to_dict())
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def run_plateau(
@@ -98,14 +94,14 @@ def run_plateau(
     gate = gate_verdict(gate_accuracy(out, config.seeds), config)
     earlier = state.get("gate") or {}
     same = {k: v for k, v in earlier.items() if k != "recorded_at"} == json.loads(json.dumps(gate))
-    gate["recorded_at"] = earlier["recorded_at"] if same else _now()
+    gate["recorded_at"] = earlier["recorded_at"] if same else utc_timestamp()
     if not same:
         state.setdefault("gate_history", []).append(
             {"seeds": config.seeds, "passed": gate["passed"], "at": gate["recorded_at"]}
         )
     state["gate"] = gate
     # registered once, before the first TaH job; a later invocation keeps the first record
-    state.setdefault("readout", {**preregistration(config), "registered_at": _now()})
+    state.setdefault("readout", {**preregistration(config), "registered_at": utc_timestamp()})
     run_tah = gate["passed"] or config.on_gate_fail == "exploratory"
     state["exploratory"] = not gate["passed"]
     write_json(state_path, state)  # the gate and the readout are on disk before any TaH model

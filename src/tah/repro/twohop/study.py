@@ -66,6 +66,7 @@ from typing import Any
 
 from tah.errors import ConfigError
 from tah.io import write_json
+from tah.repro.jobs import utc_timestamp
 from tah.repro.twohop.config import (
     ARM_GATE_JOBS,
     BARE_JOBS,
@@ -211,7 +212,7 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
 
     # A base that missed the precondition continues if more restarts are allowed now.
     state["bases_reopened"] = previous.get("bases_reopened", []) + [
-        {"seed": seed, "base_restarts": config.base_restarts, "at": _now()}
+        {"seed": seed, "base_restarts": config.base_restarts, "at": utc_timestamp()}
         for seed in reopen_failed_bases(out, config)
     ]
     _run(_jobs(config, out, BASE_JOBS), config, show_progress, finished)
@@ -225,7 +226,7 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     # first recorded (the report says the gate came before the TaH models; it did).
     earlier = previous.get("gate") or {}
     same = {k: v for k, v in earlier.items() if k != "recorded_at"} == json.loads(json.dumps(gate))
-    gate["recorded_at"] = earlier["recorded_at"] if same else _now()
+    gate["recorded_at"] = earlier["recorded_at"] if same else utc_timestamp()
     # Every new verdict stays on record (a run may add seeds later: --seeds 0, then 0,1,2).
     history = previous.get("gate_history", [])
     if not same:
@@ -233,7 +234,7 @@ def run_study(config: TwoHopConfig, out: str | Path, show_progress: bool = True)
     state["gate"], state["gate_history"] = gate, history
     proceed = gate["passed"] or not config.enforce_gate
     # The readout is registered once, the first time the study reaches this point, and kept.
-    state["readout"] = previous.get("readout") or {**READOUT, "registered_at": _now()}
+    state["readout"] = previous.get("readout") or {**READOUT, "registered_at": utc_timestamp()}
     state["readout"]["threshold_tau"] = config.threshold
     write_json(state_path, state)  # gate and readout on disk before any TaH job starts
     if proceed:
@@ -272,7 +273,3 @@ def _run(jobs: list, config: TwoHopConfig, show_progress: bool, finished) -> Non
         on_finish=finished,
         in_process=config.workers <= 1,
     )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
