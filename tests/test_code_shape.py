@@ -91,7 +91,7 @@ def test_only_the_cli_imports_the_cli():
 
 
 def test_each_study_is_a_package():
-    for study in ("tiny", "twohop"):
+    for study in ("tiny", "twohop", "plateau"):
         assert (SRC / "repro" / study / "__init__.py").is_file(), study
     for module in ("config", "study", "jobs", "runs", "results", "report"):
         assert (SRC / "repro" / "twohop" / f"{module}.py").is_file(), module
